@@ -1,0 +1,133 @@
+//! Server settings, from command-line flags or environment variables.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings of one signaling server. Every flag has an environment variable of the same name,
+/// upper-cased and prefixed with `SIGNALING_` (e.g. `SIGNALING_LISTEN`).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "signaling", version, about = "WebRTC signaling server with the web demo built in")]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (the chosen address is printed on stdout).
+    #[arg(long, env = "SIGNALING_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Longest accepted client message, in bytes (larger ones get `too-large`).
+    #[arg(long, env = "SIGNALING_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
+    pub max_message_bytes: usize,
+
+    /// Most peers in one room (a full mesh grows as n², so keep this small).
+    #[arg(long, env = "SIGNALING_MAX_PEERS", default_value_t = 16)]
+    pub max_peers: usize,
+
+    /// Messages queued per session before it is closed as a slow consumer.
+    #[arg(long, env = "SIGNALING_OUTBOX", default_value_t = 256)]
+    pub outbox: usize,
+
+    /// How often the server pings each session, in milliseconds.
+    #[arg(long, env = "SIGNALING_HEARTBEAT_INTERVAL_MS", default_value_t = 10_000)]
+    pub heartbeat_interval_ms: u64,
+
+    /// How long a ping may go unanswered, in milliseconds; must be smaller than the interval.
+    #[arg(long, env = "SIGNALING_HEARTBEAT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub heartbeat_timeout_ms: u64,
+
+    /// Serve the web demo from this folder instead of the copy built into the binary (for development).
+    #[arg(long, env = "SIGNALING_WEB_ROOT")]
+    pub web_root: Option<PathBuf>,
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The heartbeat timeout must be shorter than its interval, or pings would overlap.
+    #[error("--heartbeat-timeout-ms ({timeout}) must be smaller than --heartbeat-interval-ms ({interval}), and both above 0")]
+    Heartbeat {
+        /// The interval given.
+        interval: u64,
+        /// The timeout given.
+        timeout: u64,
+    },
+    /// A limit outside its useful range.
+    #[error("{flag} must be at least {min} (got {value})")]
+    TooSmall {
+        /// The flag.
+        flag: &'static str,
+        /// The smallest useful value.
+        min: usize,
+        /// The value given.
+        value: usize,
+    },
+    /// The web root does not exist.
+    #[error("--web-root {0} is not a directory")]
+    WebRoot(PathBuf),
+}
+
+impl Config {
+    /// Defaults, listening on `listen` (for tests and embedding).
+    pub fn with_listen(listen: SocketAddr) -> Self {
+        let mut cfg = Config::parse_from(["signaling"]);
+        cfg.listen = listen;
+        cfg
+    }
+
+    /// Refuses settings that cannot work, with a message naming the flag.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_timeout_ms == 0 || self.heartbeat_timeout_ms >= self.heartbeat_interval_ms {
+            return Err(ConfigError::Heartbeat {
+                interval: self.heartbeat_interval_ms,
+                timeout: self.heartbeat_timeout_ms,
+            });
+        }
+        // An SDP offer with a few candidates is 2–8 KB; below 4 KiB negotiation would break.
+        for (flag, min, value) in [
+            ("--max-message-bytes", 4096, self.max_message_bytes),
+            ("--max-peers", 2, self.max_peers),
+            ("--outbox", 16, self.outbox),
+        ] {
+            if value < min {
+                return Err(ConfigError::TooSmall { flag, min, value });
+            }
+        }
+        if let Some(root) = &self.web_root {
+            if !root.is_dir() {
+                return Err(ConfigError::WebRoot(root.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// The heartbeat timeout.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let cfg = Config::parse_from(["signaling"]);
+        cfg.validate().unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn impossible_settings_are_refused() {
+        let bad = Config::parse_from(["signaling", "--heartbeat-interval-ms", "1000", "--heartbeat-timeout-ms", "1000"]);
+        assert!(matches!(bad.validate(), Err(ConfigError::Heartbeat { .. })));
+        let bad = Config::parse_from(["signaling", "--max-peers", "1"]);
+        assert!(matches!(bad.validate(), Err(ConfigError::TooSmall { flag: "--max-peers", .. })));
+        let bad = Config::parse_from(["signaling", "--web-root", "/nonexistent/dir"]);
+        assert!(matches!(bad.validate(), Err(ConfigError::WebRoot(_))));
+    }
+}

@@ -1,0 +1,112 @@
+//! The signaling server: peers join rooms over WebSocket and exchange SDP offers/answers, trickled ICE
+//! candidates and application messages; the server also serves the web demo.
+//!
+//! Embedding it (the `signaling` binary does the same with flags):
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = signaling::Config::with_listen("127.0.0.1:0".parse()?);
+//! let server = signaling::Server::bind(cfg).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod hub;
+pub mod routes;
+pub mod session;
+pub mod transport;
+pub mod web;
+
+pub use config::Config;
+
+use hub::{Hub, HubConfig};
+use protocol::{Heartbeat, Limits};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How long a shutdown waits for sessions to receive their close frame.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting that cannot work.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A bound server, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+    hub: Arc<Hub>,
+    cfg: Config,
+}
+
+impl Server {
+    /// Validates the configuration and binds the listen address.
+    pub async fn bind(cfg: Config) -> Result<Self, StartError> {
+        cfg.validate()?;
+        let listener =
+            TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
+        let hub = Arc::new(Hub::new(HubConfig {
+            limits: Limits { max_message_bytes: cfg.max_message_bytes, max_peers: cfg.max_peers },
+            heartbeat: Heartbeat { interval_ms: cfg.heartbeat_interval_ms, timeout_ms: cfg.heartbeat_timeout_ms },
+            outbox: cfg.outbox,
+            ice_servers: Vec::new(),
+        }));
+        Ok(Server { listener, addr, hub, cfg })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The session core, for inspection.
+    pub fn hub(&self) -> Arc<Hub> {
+        self.hub.clone()
+    }
+
+    /// Serves until `shutdown` completes, then closes every session with 4000 and waits (briefly) for them.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let web = match &self.cfg.web_root {
+            Some(dir) => web::WebRoot::Dir(dir.clone()),
+            None => web::WebRoot::Embedded,
+        };
+        let hub = self.hub.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = warp::serve(routes::routes(self.hub.clone(), web))
+            .incoming(self.listener)
+            .graceful(async move {
+                let _ = stop_rx.await;
+            })
+            .run();
+        let server = tokio::spawn(server);
+        shutdown.await;
+        tracing::info!(sessions = hub.session_count(), "shutting down");
+        // Upgraded sockets are not tracked by the HTTP server's graceful shutdown: close them ourselves.
+        hub.shutdown();
+        let _ = stop_tx.send(());
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = tokio::time::timeout_at(deadline, server).await;
+        tracing::info!(left_open = hub.session_count(), "stopped");
+    }
+}

@@ -1,0 +1,3 @@
+//! Transports: thin adapters that move protocol messages between a client connection and the session core.
+
+pub mod ws;
