@@ -1,0 +1,535 @@
+//! The public API: a [`Peer`] joins a room and keeps one peer connection per other peer.
+//!
+//! One actor task owns all negotiation state (perfect negotiation, pending candidates); webrtc-rs handler
+//! callbacks and signaling messages only post events to it. Sending does not go through the actor: the open
+//! channels are in a shared map, so a `send` that waits for buffer space never stalls negotiation.
+
+use crate::error::Error;
+use crate::rtc::{self, DataChannel, DataChannelEvent, Pc, PcSettings, RTCDataChannelInit, RTCSdpType, RTCSessionDescription};
+use crate::signaling::{self, SignalingEvent, SignalingSender};
+use bytes::{Bytes, BytesMut};
+use protocol::{ClientMessage, LeaveReason, PeerId, ServerMessage, SignalData};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use webrtc::peer_connection::{PeerConnectionEventHandler, RTCPeerConnectionIceEvent, RTCPeerConnectionState};
+
+/// Events delivered to the application, in order.
+const EVENT_QUEUE: usize = 1024;
+
+/// How a data channel delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelOptions {
+    /// The channel's label; channels are addressed by it.
+    pub label: String,
+    /// Deliver in order (default true).
+    pub ordered: bool,
+    /// Give up on a message after this many retransmissions (partial reliability).
+    pub max_retransmits: Option<u16>,
+    /// Give up on a message after this many milliseconds (partial reliability).
+    pub max_packet_lifetime_ms: Option<u16>,
+}
+
+impl ChannelOptions {
+    /// A reliable, ordered channel.
+    pub fn reliable(label: impl Into<String>) -> Self {
+        ChannelOptions { label: label.into(), ordered: true, max_retransmits: None, max_packet_lifetime_ms: None }
+    }
+
+    /// An unordered channel that never retransmits: latest-value traffic.
+    pub fn unreliable(label: impl Into<String>) -> Self {
+        ChannelOptions { label: label.into(), ordered: false, max_retransmits: Some(0), max_packet_lifetime_ms: None }
+    }
+}
+
+/// What a [`Peer`] is told to do.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The signaling server, `http://host:port` or `ws://host:port`.
+    pub server: String,
+    /// The room to join.
+    pub room: String,
+    /// Channels opened to every other peer (by the peer that joined later, as the web demo does).
+    pub channels: Vec<ChannelOptions>,
+    /// Where to gather host candidates: `127.0.0.1` for loopback only, `0.0.0.0` for every interface.
+    pub bind: IpAddr,
+    /// UDP socket buffer size (see [`rtc::DEFAULT_UDP_BUFFER`]).
+    pub udp_buffer: usize,
+}
+
+impl PeerConfig {
+    /// Joins `room` on `server` with one reliable channel named `chat`, on every interface.
+    pub fn new(server: impl Into<String>, room: impl Into<String>) -> Self {
+        PeerConfig {
+            server: server.into(),
+            room: room.into(),
+            channels: vec![ChannelOptions::reliable("chat")],
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            udp_buffer: rtc::DEFAULT_UDP_BUFFER,
+        }
+    }
+}
+
+/// A message's contents: data channels carry text and binary messages distinctly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// A UTF-8 text message.
+    Text(String),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+/// What happens in the room and on the channels.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Another peer entered the room (or was there when we joined).
+    PeerJoined(PeerId),
+    /// Another peer left; its connection and channels are gone.
+    PeerLeft {
+        /// The peer.
+        peer: PeerId,
+        /// Why, as the server saw it.
+        reason: LeaveReason,
+    },
+    /// The peer connection to `peer` changed state (`new`, `connecting`, `connected`, `disconnected`, `failed`, `closed`).
+    ConnectionState {
+        /// The peer.
+        peer: PeerId,
+        /// The new state.
+        state: String,
+    },
+    /// A channel can carry messages.
+    ChannelOpen {
+        /// The peer.
+        peer: PeerId,
+        /// The channel label.
+        label: String,
+    },
+    /// A channel closed.
+    ChannelClosed {
+        /// The peer.
+        peer: PeerId,
+        /// The channel label.
+        label: String,
+    },
+    /// A message arrived.
+    Message {
+        /// The sender.
+        peer: PeerId,
+        /// The channel it came on.
+        label: String,
+        /// Its contents.
+        payload: Payload,
+    },
+    /// Something failed without ending the peer (a negotiation step, a refused signal).
+    Error(Error),
+    /// The signaling session ended; direct channels stay up but no new peer can be reached.
+    SignalingClosed {
+        /// The close code, if any.
+        code: Option<u16>,
+    },
+}
+
+type Channels = Arc<Mutex<HashMap<(PeerId, String), Arc<dyn DataChannel>>>>;
+
+/// A member of a room, with direct data channels to every other member.
+pub struct Peer {
+    id: PeerId,
+    channels: Channels,
+    cmd: mpsc::Sender<Command>,
+    actor: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Close(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Peer {
+    /// Joins the room and starts negotiating with everyone in it.
+    pub async fn connect(cfg: PeerConfig) -> Result<(Peer, mpsc::Receiver<Event>), Error> {
+        let (welcome, sender, sig_rx) = signaling::connect(&cfg.server, &cfg.room).await?;
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let (cmd_tx, cmd_rx) = mpsc::channel(8);
+        let (pc_tx, pc_rx) = mpsc::unbounded_channel();
+        let channels: Channels = Arc::default();
+        let settings =
+            PcSettings { bind: cfg.bind, udp_buffer: cfg.udp_buffer, ice_servers: welcome.ice_servers.clone() };
+        let actor = Actor {
+            me: welcome.peer_id.clone(),
+            cfg,
+            settings,
+            sender,
+            events: events_tx,
+            pc_tx,
+            remotes: HashMap::new(),
+            channels: channels.clone(),
+        };
+        let existing = welcome.peers.clone();
+        let handle = tokio::spawn(actor.run(existing, sig_rx, pc_rx, cmd_rx));
+        Ok((Peer { id: welcome.peer_id, channels, cmd: cmd_tx, actor: handle }, events_rx))
+    }
+
+    /// Our server-assigned id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Sends `payload` to `peer` on channel `label`; waits while that channel's send buffer is full.
+    pub async fn send(&self, peer: &str, label: &str, payload: Payload) -> Result<(), Error> {
+        let dc = self.channel(peer, label)?;
+        let res = match payload {
+            Payload::Text(t) => dc.send_text(&t).await,
+            Payload::Binary(b) => dc.send(BytesMut::from(&b[..])).await,
+        };
+        res.map_err(|_| Error::ChannelNotOpen { peer: peer.to_owned(), label: label.to_owned() })
+    }
+
+    /// Sends `payload` on channel `label` to every peer that has it open; returns how many were sent to.
+    pub async fn broadcast(&self, label: &str, payload: Payload) -> Result<usize, Error> {
+        let targets: Vec<PeerId> = {
+            let map = lock(&self.channels);
+            map.keys().filter(|(_, l)| l == label).map(|(p, _)| p.clone()).collect()
+        };
+        let mut sent = 0;
+        for p in targets {
+            if self.send(&p, label, payload.clone()).await.is_ok() {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Peers with an open channel `label`.
+    pub fn open_channels(&self, label: &str) -> Vec<PeerId> {
+        lock(&self.channels).keys().filter(|(_, l)| l == label).map(|(p, _)| p.clone()).collect()
+    }
+
+    /// Leaves the room and closes every connection; returns when everything is released.
+    pub async fn close(self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.cmd.send(Command::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let _ = self.actor.await;
+    }
+
+    fn channel(&self, peer: &str, label: &str) -> Result<Arc<dyn DataChannel>, Error> {
+        lock(&self.channels)
+            .get(&(peer.to_owned(), label.to_owned()))
+            .cloned()
+            .ok_or_else(|| Error::ChannelNotOpen { peer: peer.to_owned(), label: label.to_owned() })
+    }
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding these locks (map inserts/removes only), so poison carries no meaning.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What webrtc-rs callbacks tell the actor.
+enum PcEvent {
+    NegotiationNeeded,
+    Candidate(protocol::IceCandidateInit),
+    GatheringComplete,
+    State(RTCPeerConnectionState),
+    DataChannel(Arc<dyn DataChannel>),
+}
+
+/// Forwards webrtc-rs callbacks (which run on its driver task and must not block) to the actor.
+struct Handler {
+    peer: PeerId,
+    tx: mpsc::UnboundedSender<(PeerId, PcEvent)>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_negotiation_needed(&self) {
+        let _ = self.tx.send((self.peer.clone(), PcEvent::NegotiationNeeded));
+    }
+    async fn on_ice_candidate(&self, ev: RTCPeerConnectionIceEvent) {
+        match ev.candidate.to_json() {
+            Ok(init) => {
+                let _ = self.tx.send((self.peer.clone(), PcEvent::Candidate(rtc::candidate_from_rtc(init))));
+            }
+            Err(e) => tracing::warn!(error = %e, "unserialisable local candidate"),
+        }
+    }
+    async fn on_ice_gathering_state_change(&self, state: webrtc::peer_connection::RTCIceGatheringState) {
+        if state == webrtc::peer_connection::RTCIceGatheringState::Complete {
+            let _ = self.tx.send((self.peer.clone(), PcEvent::GatheringComplete));
+        }
+    }
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.tx.send((self.peer.clone(), PcEvent::State(state)));
+    }
+    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        let _ = self.tx.send((self.peer.clone(), PcEvent::DataChannel(dc)));
+    }
+}
+
+/// Per remote peer: its connection and the perfect-negotiation state.
+struct Remote {
+    pc: Pc,
+    /// The polite peer yields on offer collisions.
+    polite: bool,
+    /// Remote candidates that arrived before the remote description.
+    pending: Vec<protocol::IceCandidateInit>,
+    /// Set while we ignore a colliding offer (impolite side): its candidates fail harmlessly.
+    ignore_offer: bool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct Actor {
+    me: PeerId,
+    cfg: PeerConfig,
+    settings: PcSettings,
+    sender: SignalingSender,
+    events: mpsc::Sender<Event>,
+    pc_tx: mpsc::UnboundedSender<(PeerId, PcEvent)>,
+    remotes: HashMap<PeerId, Remote>,
+    channels: Channels,
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        existing: Vec<PeerId>,
+        mut sig_rx: mpsc::Receiver<SignalingEvent>,
+        mut pc_rx: mpsc::UnboundedReceiver<(PeerId, PcEvent)>,
+        mut cmd_rx: mpsc::Receiver<Command>,
+    ) {
+        // We joined later than everyone listed: we create the channels, which triggers our offers.
+        for peer in existing {
+            self.emit(Event::PeerJoined(peer.clone())).await;
+            if let Err(e) = self.add_remote(&peer, true).await {
+                self.emit(Event::Error(e)).await;
+            }
+        }
+        let mut signaling_open = true;
+        loop {
+            tokio::select! {
+                ev = sig_rx.recv(), if signaling_open => match ev {
+                    Some(SignalingEvent::Message(msg)) => self.on_server(msg).await,
+                    Some(SignalingEvent::Closed { code, .. }) => {
+                        signaling_open = false;
+                        self.emit(Event::SignalingClosed { code }).await;
+                    }
+                    None => {
+                        signaling_open = false;
+                        let code = None;
+                        self.emit(Event::SignalingClosed { code }).await;
+                    }
+                },
+                Some((peer, ev)) = pc_rx.recv() => {
+                    if let Err(e) = self.on_pc(&peer, ev).await {
+                        self.emit(Event::Error(e)).await;
+                    }
+                }
+                cmd = cmd_rx.recv() => {
+                    let done = match cmd { Some(Command::Close(done)) => Some(done), None => None };
+                    let _ = self.sender.send(ClientMessage::Leave).await;
+                    let peers: Vec<PeerId> = self.remotes.keys().cloned().collect();
+                    for p in peers {
+                        self.remove_remote(&p).await;
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn emit(&self, ev: Event) {
+        // The application dropped its receiver: nothing to tell, keep serving sends.
+        let _ = self.events.send(ev).await;
+    }
+
+    async fn add_remote(&mut self, peer: &PeerId, create_channels: bool) -> Result<(), Error> {
+        let handler = Arc::new(Handler { peer: peer.clone(), tx: self.pc_tx.clone() });
+        let pc = rtc::build_pc(&self.settings, handler).await?;
+        let polite = self.me.as_str() < peer.as_str();
+        self.remotes.insert(peer.clone(), Remote { pc: pc.clone(), polite, pending: Vec::new(), ignore_offer: false, tasks: Vec::new() });
+        if create_channels {
+            for opts in self.cfg.channels.clone() {
+                let init = RTCDataChannelInit {
+                    ordered: opts.ordered,
+                    max_retransmits: opts.max_retransmits,
+                    max_packet_life_time: opts.max_packet_lifetime_ms,
+                    ..Default::default()
+                };
+                let dc = pc.create_data_channel(&opts.label, Some(init)).await?;
+                self.watch_channel(peer, opts.label.clone(), dc);
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_remote(&mut self, peer: &PeerId) {
+        if let Some(remote) = self.remotes.remove(peer) {
+            lock(&self.channels).retain(|(p, _), _| p != peer);
+            let _ = remote.pc.close().await;
+            for t in remote.tasks {
+                t.abort();
+            }
+        }
+    }
+
+    /// One task per channel drains its events (webrtc-rs allows exactly one consumer of `poll()`).
+    fn watch_channel(&mut self, peer: &PeerId, label: String, dc: Arc<dyn DataChannel>) {
+        let events = self.events.clone();
+        let channels = self.channels.clone();
+        let peer_id = peer.clone();
+        let task = tokio::spawn(async move {
+            while let Some(ev) = dc.poll().await {
+                match ev {
+                    DataChannelEvent::OnOpen => {
+                        lock(&channels).insert((peer_id.clone(), label.clone()), dc.clone());
+                        let _ = events.send(Event::ChannelOpen { peer: peer_id.clone(), label: label.clone() }).await;
+                    }
+                    DataChannelEvent::OnMessage(m) => {
+                        let payload = if m.is_string {
+                            Payload::Text(String::from_utf8_lossy(&m.data).into_owned())
+                        } else {
+                            Payload::Binary(m.data.freeze())
+                        };
+                        // Awaiting here is the backpressure: a slow application slows the channel, not memory.
+                        let _ = events.send(Event::Message { peer: peer_id.clone(), label: label.clone(), payload }).await;
+                    }
+                    DataChannelEvent::OnClose => break,
+                    _ => {}
+                }
+            }
+            lock(&channels).remove(&(peer_id.clone(), label.clone()));
+            let _ = events.send(Event::ChannelClosed { peer: peer_id, label }).await;
+        });
+        if let Some(r) = self.remotes.get_mut(peer) {
+            r.tasks.push(task);
+        }
+    }
+
+    async fn on_server(&mut self, msg: ServerMessage) {
+        match msg {
+            ServerMessage::PeerJoined { peer_id } => {
+                self.emit(Event::PeerJoined(peer_id.clone())).await;
+                // The newcomer creates the channels and offers; we only prepare to answer.
+                if let Err(e) = self.add_remote(&peer_id, false).await {
+                    self.emit(Event::Error(e)).await;
+                }
+            }
+            ServerMessage::PeerLeft { peer_id, reason } => {
+                self.remove_remote(&peer_id).await;
+                self.emit(Event::PeerLeft { peer: peer_id, reason }).await;
+            }
+            ServerMessage::Signal { from, data } => {
+                if let Err(e) = self.on_signal(&from, data).await {
+                    self.emit(Event::Error(e)).await;
+                }
+            }
+            ServerMessage::Error { code, message } => {
+                self.emit(Event::Error(Error::Refused { code, message })).await;
+            }
+            ServerMessage::Welcome(_) | ServerMessage::Relay { .. } | ServerMessage::Pong { .. } => {}
+        }
+    }
+
+    /// Perfect negotiation, receiving side (https://w3c.github.io/webrtc-pc/#perfect-negotiation-example).
+    async fn on_signal(&mut self, from: &PeerId, data: SignalData) -> Result<(), Error> {
+        let Some(remote) = self.remotes.get_mut(from) else {
+            return Err(Error::UnknownPeer(from.clone()));
+        };
+        let pc = remote.pc.clone();
+        match data {
+            SignalData::Offer { sdp } => {
+                // Not "stable" exactly when a local or remote description is pending.
+                let collision =
+                    pc.pending_local_description().await.is_some() || pc.pending_remote_description().await.is_some();
+                remote.ignore_offer = !remote.polite && collision;
+                if remote.ignore_offer {
+                    tracing::debug!(peer = %from, "ignoring colliding offer (impolite)");
+                    return Ok(());
+                }
+                if collision {
+                    pc.set_local_description(RTCSessionDescription::rollback(None)?).await?;
+                }
+                pc.set_remote_description(RTCSessionDescription::offer(sdp)?).await?;
+                self.flush_candidates(from).await;
+                let answer = pc.create_answer(None).await?;
+                pc.set_local_description(answer).await?;
+                if let Some(local) = pc.local_description().await {
+                    self.signal(from, SignalData::Answer { sdp: local.sdp }).await?;
+                }
+            }
+            SignalData::Answer { sdp } => {
+                remote.ignore_offer = false;
+                pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await?;
+                self.flush_candidates(from).await;
+            }
+            SignalData::Candidate { candidate } => {
+                if pc.remote_description().await.is_none() {
+                    remote.pending.push(candidate);
+                } else if let Err(e) = pc.add_ice_candidate(rtc::candidate_to_rtc(candidate)).await {
+                    if !remote.ignore_offer {
+                        return Err(e.into());
+                    }
+                }
+            }
+            SignalData::EndOfCandidates => {}
+        }
+        Ok(())
+    }
+
+    async fn flush_candidates(&mut self, peer: &PeerId) {
+        let Some(remote) = self.remotes.get_mut(peer) else { return };
+        for c in std::mem::take(&mut remote.pending) {
+            if let Err(e) = remote.pc.add_ice_candidate(rtc::candidate_to_rtc(c)).await {
+                tracing::debug!(peer = %peer, error = %e, "queued candidate rejected");
+            }
+        }
+    }
+
+    async fn on_pc(&mut self, peer: &PeerId, ev: PcEvent) -> Result<(), Error> {
+        let Some(remote) = self.remotes.get(peer) else { return Ok(()) }; // already torn down
+        let pc = remote.pc.clone();
+        match ev {
+            PcEvent::NegotiationNeeded => {
+                let offer = pc.create_offer(None).await?;
+                pc.set_local_description(offer).await?;
+                if let Some(local) = pc.local_description().await {
+                    if local.sdp_type == RTCSdpType::Offer {
+                        self.signal(peer, SignalData::Offer { sdp: local.sdp }).await?;
+                    }
+                }
+            }
+            PcEvent::Candidate(c) => self.signal(peer, SignalData::Candidate { candidate: c }).await?,
+            PcEvent::GatheringComplete => self.signal(peer, SignalData::EndOfCandidates).await?,
+            PcEvent::State(state) => {
+                if state == RTCPeerConnectionState::Failed {
+                    // A path failed: gather anew and renegotiate (the restart triggers negotiation-needed).
+                    if let Err(e) = pc.restart_ice().await {
+                        tracing::warn!(peer = %peer, error = %e, "ICE restart failed");
+                    }
+                }
+                self.emit(Event::ConnectionState { peer: peer.clone(), state: state.to_string() }).await;
+            }
+            PcEvent::DataChannel(dc) => {
+                let label = dc.label().await.unwrap_or_default();
+                self.watch_channel(peer, label, dc);
+            }
+        }
+        Ok(())
+    }
+
+    async fn signal(&self, to: &PeerId, data: SignalData) -> Result<(), Error> {
+        self.sender.send(ClientMessage::Signal { to: to.clone(), data }).await
+    }
+}
