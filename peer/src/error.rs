@@ -49,6 +49,16 @@ pub enum Error {
         /// The largest message that channel takes.
         limit: usize,
     },
+    /// A peer sent a frame that breaks the framing rules (see `framing`); the message was dropped.
+    #[error("bad frame from {peer} on {label:?}: {detail}")]
+    BadFrame {
+        /// The sender.
+        peer: String,
+        /// The channel.
+        label: String,
+        /// What was wrong.
+        detail: String,
+    },
     /// The WebRTC stack failed.
     #[error("webrtc: {0}")]
     WebRtc(String),
@@ -70,6 +80,7 @@ impl Error {
             Error::UnknownPeer(_) => "unknown-peer",
             Error::ChannelNotOpen { .. } => "channel-not-open",
             Error::TooLarge { .. } => "too-large",
+            Error::BadFrame { .. } => "bad-frame",
             Error::WebRtc(_) => "webrtc",
             Error::Closed => "closed",
         }

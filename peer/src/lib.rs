@@ -19,9 +19,11 @@
 //! ```
 
 pub mod error;
+pub mod framing;
 mod node;
 mod rtc;
 pub mod signaling;
 
 pub use error::Error;
 pub use node::{ChannelOptions, Event, Payload, Peer, PeerConfig};
+pub use rtc::SEND_BUFFER_LIMIT;

@@ -5,6 +5,7 @@
 //! channels are in a shared map, so a `send` that waits for buffer space never stalls negotiation.
 
 use crate::error::Error;
+use crate::framing::{self, Frame, Reassembler};
 use crate::rtc::{self, DataChannel, DataChannelEvent, Pc, PcSettings, RTCDataChannelInit, RTCSdpType, RTCSessionDescription};
 use crate::signaling::{self, SignalingEvent, SignalingSender};
 use bytes::{Bytes, BytesMut};
@@ -54,8 +55,10 @@ pub struct PeerConfig {
     pub channels: Vec<ChannelOptions>,
     /// Where to gather host candidates: `127.0.0.1` for loopback only, `0.0.0.0` for every interface.
     pub bind: IpAddr,
-    /// UDP socket buffer size (see [`rtc::DEFAULT_UDP_BUFFER`]).
+    /// UDP socket buffer size (1 MiB by default: see `docs/peer.md`).
     pub udp_buffer: usize,
+    /// Largest message accepted from a peer, after reassembly.
+    pub max_message_bytes: usize,
 }
 
 impl PeerConfig {
@@ -67,6 +70,7 @@ impl PeerConfig {
             channels: vec![ChannelOptions::reliable("chat")],
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             udp_buffer: rtc::DEFAULT_UDP_BUFFER,
+            max_message_bytes: framing::DEFAULT_MAX_MESSAGE,
         }
     }
 }
@@ -131,7 +135,16 @@ pub enum Event {
     },
 }
 
-type Channels = Arc<Mutex<HashMap<(PeerId, String), Arc<dyn DataChannel>>>>;
+/// An open channel, as senders see it.
+struct OpenChannel {
+    dc: Arc<dyn DataChannel>,
+    /// Ordered and reliable: messages may span several frames.
+    chunkable: bool,
+    /// Held for a whole message, so two senders never interleave their chunks.
+    send_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+type Channels = Arc<Mutex<HashMap<(PeerId, String), Arc<OpenChannel>>>>;
 
 /// A member of a room, with direct data channels to every other member.
 pub struct Peer {
@@ -176,14 +189,29 @@ impl Peer {
         &self.id
     }
 
-    /// Sends `payload` to `peer` on channel `label`; waits while that channel's send buffer is full.
+    /// Sends `payload` to `peer` on channel `label`. Messages of any size go on ordered reliable channels
+    /// (they are chunked); on other channels a message must fit in one frame ([`framing::MAX_FRAME`]).
+    /// Waits while the channel's send buffer is full, so memory stays bounded however much is sent.
     pub async fn send(&self, peer: &str, label: &str, payload: Payload) -> Result<(), Error> {
-        let dc = self.channel(peer, label)?;
-        let res = match payload {
-            Payload::Text(t) => dc.send_text(&t).await,
-            Payload::Binary(b) => dc.send(BytesMut::from(&b[..])).await,
+        let ch = self.channel(peer, label)?;
+        let (len, is_text) = match &payload {
+            Payload::Text(t) => (t.len(), true),
+            Payload::Binary(b) => (b.len(), false),
         };
-        res.map_err(|_| Error::ChannelNotOpen { peer: peer.to_owned(), label: label.to_owned() })
+        if !ch.chunkable && framing::frame_count(len, is_text) > 1 {
+            let limit = if is_text { framing::MAX_FRAME } else { framing::MAX_FRAME - 1 };
+            return Err(Error::TooLarge { label: label.to_owned(), size: len, limit });
+        }
+        let not_open = || Error::ChannelNotOpen { peer: peer.to_owned(), label: label.to_owned() };
+        let _whole_message = ch.send_lock.lock().await;
+        for frame in framing::encode(&payload) {
+            let res = match frame {
+                Frame::Text(t) => ch.dc.send_text(&t).await,
+                Frame::Binary(b) => ch.dc.send(BytesMut::from(&b[..])).await,
+            };
+            res.map_err(|_| not_open())?;
+        }
+        Ok(())
     }
 
     /// Sends `payload` on channel `label` to every peer that has it open; returns how many were sent to.
@@ -201,6 +229,12 @@ impl Peer {
         Ok(sent)
     }
 
+    /// Bytes handed to channel `label` to `peer` that SCTP has not released yet (sent but not acknowledged,
+    /// or not yet sent). `send` waits while this is above [`SEND_BUFFER_LIMIT`](crate::SEND_BUFFER_LIMIT).
+    pub async fn buffered_amount(&self, peer: &str, label: &str) -> Result<usize, Error> {
+        Ok(self.channel(peer, label)?.dc.outstanding_bytes().await?)
+    }
+
     /// Peers with an open channel `label`.
     pub fn open_channels(&self, label: &str) -> Vec<PeerId> {
         lock(&self.channels).keys().filter(|(_, l)| l == label).map(|(p, _)| p.clone()).collect()
@@ -215,7 +249,7 @@ impl Peer {
         let _ = self.actor.await;
     }
 
-    fn channel(&self, peer: &str, label: &str) -> Result<Arc<dyn DataChannel>, Error> {
+    fn channel(&self, peer: &str, label: &str) -> Result<Arc<OpenChannel>, Error> {
         lock(&self.channels)
             .get(&(peer.to_owned(), label.to_owned()))
             .cloned()
@@ -389,21 +423,35 @@ impl Actor {
         let events = self.events.clone();
         let channels = self.channels.clone();
         let peer_id = peer.clone();
+        let max_message = self.cfg.max_message_bytes;
         let task = tokio::spawn(async move {
+            let mut reassembler = Reassembler::new(max_message);
             while let Some(ev) = dc.poll().await {
                 match ev {
                     DataChannelEvent::OnOpen => {
-                        lock(&channels).insert((peer_id.clone(), label.clone()), dc.clone());
+                        let chunkable = dc.ordered().await.unwrap_or(false)
+                            && dc.max_retransmits().await.ok().flatten().is_none()
+                            && dc.max_packet_life_time().await.ok().flatten().is_none();
+                        let open = OpenChannel { dc: dc.clone(), chunkable, send_lock: Arc::default() };
+                        lock(&channels).insert((peer_id.clone(), label.clone()), Arc::new(open));
                         let _ = events.send(Event::ChannelOpen { peer: peer_id.clone(), label: label.clone() }).await;
                     }
                     DataChannelEvent::OnMessage(m) => {
-                        let payload = if m.is_string {
-                            Payload::Text(String::from_utf8_lossy(&m.data).into_owned())
+                        let decoded = if m.is_string {
+                            match String::from_utf8(m.data.to_vec()) {
+                                Ok(t) => reassembler.text(t).map(Some),
+                                Err(_) => Err(framing::FrameError::BadUtf8),
+                            }
                         } else {
-                            Payload::Binary(m.data.freeze())
+                            reassembler.binary(&m.data)
+                        };
+                        let ev = match decoded {
+                            Ok(Some(payload)) => Event::Message { peer: peer_id.clone(), label: label.clone(), payload },
+                            Ok(None) => continue,
+                            Err(e) => Event::Error(Error::BadFrame { peer: peer_id.clone(), label: label.clone(), detail: e.to_string() }),
                         };
                         // Awaiting here is the backpressure: a slow application slows the channel, not memory.
-                        let _ = events.send(Event::Message { peer: peer_id.clone(), label: label.clone(), payload }).await;
+                        let _ = events.send(ev).await;
                     }
                     DataChannelEvent::OnClose => break,
                     _ => {}

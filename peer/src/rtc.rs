@@ -56,7 +56,11 @@ pub async fn build_pc(settings: &PcSettings, handler: Arc<dyn PeerConnectionEven
             ..Default::default()
         })
         .collect();
-    let mut setting_engine = SettingEngineBuilder::new().with_include_loopback_candidate(settings.bind.is_loopback());
+    let mut setting_engine = SettingEngineBuilder::new()
+        .with_include_loopback_candidate(settings.bind.is_loopback())
+        // With trickle ICE the remote's checks often arrive before its candidate does, so the first working
+        // pair is peer-reflexive; the default 1 s wait before accepting such a pair is pure setup delay.
+        .with_prflx_acceptance_min_wait(Some(Duration::ZERO));
     if settings.bind.is_loopback() {
         // mDNS resolves browsers' obfuscated `.local` host candidates on a LAN. Loopback-only peers have no use
         // for it, and joining the multicast group fails with ENODEV where `lo` is the only interface.

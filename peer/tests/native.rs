@@ -44,17 +44,18 @@ async fn wait_for<T>(events: &mut mpsc::Receiver<Event>, what: &str, mut pick: i
     }
 }
 
-async fn both_open(
-    a_ev: &mut mpsc::Receiver<Event>,
-    b_ev: &mut mpsc::Receiver<Event>,
-    label: &str,
-) {
+/// Waits until every channel in `labels` is open on both sides (in whatever order they open).
+async fn all_open(a_ev: &mut mpsc::Receiver<Event>, b_ev: &mut mpsc::Receiver<Event>, labels: &[&str]) {
     for ev in [a_ev, b_ev] {
-        wait_for(ev, &format!("{label} open"), |e| match e {
-            Event::ChannelOpen { label: l, .. } if l == label => Some(()),
-            _ => None,
-        })
-        .await;
+        let mut missing: Vec<&str> = labels.to_vec();
+        while !missing.is_empty() {
+            let opened = wait_for(ev, &format!("{missing:?} open"), |e| match e {
+                Event::ChannelOpen { label, .. } => Some(label.clone()),
+                _ => None,
+            })
+            .await;
+            missing.retain(|l| *l != opened);
+        }
     }
 }
 
@@ -64,8 +65,8 @@ async fn native_to_native_reliable_in_order_both_ways() {
     let (a, mut a_ev) = Peer::connect(config(&url, "n2n")).await.unwrap();
     let started = std::time::Instant::now();
     let (b, mut b_ev) = Peer::connect(config(&url, "n2n")).await.unwrap();
-    both_open(&mut a_ev, &mut b_ev, "chat").await;
-    eprintln!("join → chat open: {:?}", started.elapsed());
+    all_open(&mut a_ev, &mut b_ev, &["chat", "state"]).await;
+    eprintln!("join → both channels open: {:?}", started.elapsed());
     const N: usize = 1000;
     let (a_id, b_id) = (a.id().to_owned(), b.id().to_owned());
     let send_a = async {
@@ -104,4 +105,116 @@ async fn native_to_native_reliable_in_order_both_ways() {
     assert_eq!(left, a_id);
     assert!(b.open_channels("chat").is_empty(), "b released its channels to a");
     b.close().await;
+}
+
+async fn connected_pair(room: &str) -> (Peer, mpsc::Receiver<Event>, Peer, mpsc::Receiver<Event>, tokio::sync::oneshot::Sender<()>) {
+    let (url, stop) = start_server().await;
+    let (a, mut a_ev) = Peer::connect(config(&url, room)).await.unwrap();
+    let (b, mut b_ev) = Peer::connect(config(&url, room)).await.unwrap();
+    all_open(&mut a_ev, &mut b_ev, &["chat", "state"]).await;
+    (a, a_ev, b, b_ev, stop)
+}
+
+async fn next_message(events: &mut mpsc::Receiver<Event>, label: &str) -> Payload {
+    wait_for(events, "a message", |e| match e {
+        Event::Message { label: l, payload, .. } if l == label => Some(payload.clone()),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_16_mib_message_arrives_intact() {
+    use sha2::{Digest, Sha256};
+    let (a, _a_ev, b, mut b_ev, _stop) = connected_pair("big").await;
+    let data: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let want = Sha256::digest(&data);
+    let started = std::time::Instant::now();
+    a.send(b.id(), "chat", Payload::Binary(data.into())).await.unwrap();
+    let Payload::Binary(got) = next_message(&mut b_ev, "chat").await else { panic!("expected binary") };
+    eprintln!("16 MiB in {:?}", started.elapsed());
+    assert_eq!(got.len(), 16 * 1024 * 1024);
+    assert_eq!(Sha256::digest(&got), want);
+    // Large text is chunked too, and arrives as text.
+    let text = "ü".repeat(100_000);
+    b.send(a.id(), "chat", Payload::Text(text.clone())).await.unwrap();
+    let mut a_ev = _a_ev;
+    assert_eq!(next_message(&mut a_ev, "chat").await, Payload::Text(text));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreliable_unordered_channel_carries_messages_and_refuses_oversized_ones() {
+    let (a, _a_ev, b, mut b_ev, _stop) = connected_pair("unrel").await;
+    const N: usize = 200;
+    for i in 0..N {
+        a.send(b.id(), "state", Payload::Text(format!("s{i}"))).await.unwrap();
+    }
+    // Loopback loses nothing in practice, but the channel promises neither order nor delivery: count a set.
+    let mut got = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while got.len() < N {
+        match tokio::time::timeout_at(deadline, b_ev.recv()).await {
+            Ok(Some(Event::Message { label, payload: Payload::Text(t), .. })) if label == "state" => {
+                got.insert(t);
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    assert!(got.len() >= N * 9 / 10, "only {} of {N} arrived", got.len());
+    let err = a.send(b.id(), "state", Payload::Binary(vec![0u8; 100_000].into())).await.unwrap_err();
+    assert_eq!(err.code(), "too-large");
+}
+
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_200_mb_to_a_slow_reader_keeps_memory_bounded() {
+    let (a, _a_ev, b, mut b_ev, _stop) = connected_pair("slow").await;
+    const MSG: usize = 60_000;
+    const COUNT: usize = 200_000_000 / MSG;
+    let b_id = b.id().to_owned();
+    let rss_before = rss_bytes();
+    let sender = tokio::spawn(async move {
+        let chunk = bytes::Bytes::from(vec![0x5a; MSG]);
+        let mut max_buffered = 0;
+        for i in 0..COUNT {
+            a.send(&b_id, "chat", Payload::Binary(chunk.clone())).await.unwrap();
+            if i % 64 == 0 {
+                max_buffered = max_buffered.max(a.buffered_amount(&b_id, "chat").await.unwrap());
+            }
+        }
+        (a, max_buffered)
+    });
+    // The reader is slow: it pauses after every 32 messages.
+    let mut received = 0usize;
+    let mut max_rss = rss_before;
+    while received < COUNT {
+        let Payload::Binary(m) = next_message(&mut b_ev, "chat").await else { panic!("expected binary") };
+        assert_eq!(m.len(), MSG);
+        received += 1;
+        if received % 32 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            max_rss = max_rss.max(rss_bytes());
+        }
+    }
+    let (_a, max_buffered) = sender.await.unwrap();
+    eprintln!(
+        "200 MB to a slow reader: max buffered {max_buffered} B, RSS {} → max {} MiB",
+        rss_before >> 20,
+        max_rss >> 20
+    );
+    // `send` waits at the limit; one message may be in flight above it.
+    assert!(max_buffered <= peer::SEND_BUFFER_LIMIT + MSG, "buffered {max_buffered}");
+    // Both peers live in this process: had the 200 MB been queued anywhere, RSS would have grown by that much.
+    assert!(max_rss < rss_before + 64 * 1024 * 1024, "RSS grew from {rss_before} to {max_rss}");
 }
