@@ -32,7 +32,11 @@ pub fn routes(
         }))
     });
 
-    let web = warp::get().and(warp::path::tail()).map(move |tail: warp::path::Tail| web.respond(tail.as_str()));
+    let web = warp::get()
+        .or(warp::head())
+        .unify()
+        .and(warp::path::tail())
+        .map(move |tail: warp::path::Tail| web.respond(tail.as_str()));
 
     ws.or(healthz).or(web).with(warp::trace::request())
 }

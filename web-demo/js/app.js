@@ -1,0 +1,122 @@
+// Wires the signaling client, the mesh and the UI together, and exposes the test hooks (docs/web-demo.md).
+
+import { SignalingClient } from './signaling.js';
+import { Mesh } from './mesh.js';
+import { createUi } from './ui.js';
+
+const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
+const RENDER_INTERVAL_MS = 1000;
+
+const probeEarly = new URLSearchParams(location.search).get('probe') === 'early';
+// Filled in by the mesh; created here so `window.demo.timings` exists before the first join.
+const timings = { welcomeAt: null, openAt: {}, dcOpenAt: {} };
+
+/** @type {{room: string, signaling: SignalingClient, mesh: Mesh} | null} */
+let session = null;
+let serverRttMs = null;
+
+const ui = createUi({
+  onJoin: (room) => {
+    // The address names the room, so it can be shared and reloaded.
+    history.replaceState(null, '', `#room=${encodeURIComponent(room)}`);
+    join(room);
+  },
+  onSend: (text) => sendChat(text),
+});
+
+/** Sends a line to every peer and shows it; returns how many peers it was addressed to. */
+function sendChat(text) {
+  if (!session) return 0;
+  const peers = session.mesh.send(text);
+  ui.addChatLine({ from: session.signaling.peerId, text, self: true });
+  if (peers === 0) ui.addChatLine({ system: true, text: 'Nobody else is in the room; that line went nowhere.' });
+  return peers;
+}
+
+function roomFromHash() {
+  return new URLSearchParams(location.hash.slice(1)).get('room');
+}
+
+function state() {
+  return {
+    peerId: session?.signaling.peerId ?? null,
+    room: session?.room ?? null,
+    signaling: session?.signaling.state ?? 'closed',
+    serverRttMs,
+    peers: session?.mesh.snapshot() ?? {},
+    received: session ? [...session.mesh.received] : [],
+    earlyReceived: session?.mesh.earlyReceived ?? 0,
+  };
+}
+
+function join(room) {
+  if (!ROOM_PATTERN.test(room) || room === '.' || room === '..') {
+    ui.notice(`"${room}" is not a valid room name.`, { bad: true });
+    ui.showJoin(randomRoom());
+    return;
+  }
+  const signaling = new SignalingClient(room);
+  const mesh = new Mesh(signaling, { probeEarly, timings });
+  session = { room, signaling, mesh };
+  ui.showSession(room);
+
+  const render = () => ui.render(state());
+  signaling.addEventListener('state', render);
+  signaling.addEventListener('welcome', () => {
+    ui.notice(`Joined "${room}".`);
+    render();
+  });
+  signaling.addEventListener('pong', (e) => { serverRttMs = e.detail.rttMs; });
+  signaling.addEventListener('gap', (e) => {
+    ui.notice(`Signaling lost messages (expected #${e.detail.expected}, got #${e.detail.got}).`, { bad: true });
+  });
+  signaling.addEventListener('error', (e) => ui.notice(`Server: ${e.detail.code}: ${e.detail.message}`, { bad: true }));
+  signaling.addEventListener('disconnect', (e) => {
+    const { code, reason, reconnectInMs } = e.detail;
+    const why = `Signaling closed (${code}${reason ? ` ${reason}` : ''})`;
+    if (reconnectInMs === null) ui.notice(`${why}.`, { bad: code !== 1000 });
+    else ui.notice(`${why}; reconnecting in ${(reconnectInMs / 1000).toFixed(1)} s.`, { bad: true });
+  });
+  signaling.addEventListener('peer-joined', (e) => ui.addChatLine({ system: true, text: `${e.detail.peer_id} joined.` }));
+  mesh.addEventListener('peer-removed', (e) => {
+    ui.addChatLine({ system: true, text: `${e.detail.peerId} left (${e.detail.reason}).` });
+  });
+  mesh.addEventListener('chat', (e) => ui.addChatLine(e.detail));
+  mesh.addEventListener('change', render);
+  // Stats and RTTs change continuously; a steady refresh is simpler than an event per number.
+  setInterval(render, RENDER_INTERVAL_MS);
+
+  signaling.connect();
+}
+
+function randomRoom() {
+  const bytes = crypto.getRandomValues(new Uint8Array(4));
+  return `room-${[...bytes].map((b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
+window.demo = {
+  state,
+  send: sendChat,
+  timings,
+};
+
+addEventListener('hashchange', () => {
+  const room = roomFromHash();
+  // One page load is one room: a fresh page is the simplest way to drop every connection and counter.
+  if (room !== (session?.room ?? null)) location.reload();
+});
+
+addEventListener('pagehide', () => {
+  // `leave` lets the others see "left" at once instead of waiting for the socket to be noticed closed.
+  session?.signaling.close();
+  session?.mesh.close();
+});
+
+addEventListener('pageshow', (e) => {
+  // Restored from the back/forward cache after pagehide closed everything: start over.
+  if (e.persisted) location.reload();
+});
+
+const initialRoom = roomFromHash();
+if (initialRoom) join(initialRoom);
+else ui.showJoin(randomRoom());

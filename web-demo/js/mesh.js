@@ -1,0 +1,392 @@
+// Full mesh of WebRTC peer connections driven by a SignalingClient (docs/protocol.md, "Perfect negotiation"
+// and "The web demo's data-channel messages"). No DOM access: embedders can reuse it with their own UI.
+//
+// Events (CustomEvent, payload in `detail`):
+//   change        – {peerId}: something shown about that peer changed (state, stats, readiness)
+//   peer-removed  – {peerId, reason}
+//   chat          – {from, text}: a chat line from a peer
+
+const CHAT_LABEL = 'chat';
+const HELLO_INTERVAL_MS = 250;
+const STATS_INTERVAL_MS = 1000;
+const CHANNEL_PING_INTERVAL_MS = 1000;
+// Lines typed before a peer's channel is ready wait in memory; a peer that never becomes ready must not make
+// that grow without bound.
+const MAX_QUEUED_LINES = 1000;
+
+export class Mesh extends EventTarget {
+  #signaling;
+  #probeEarly;
+  #selfId = null;
+  #iceServers = [];
+  /** @type {Map<string, PeerLink>} */
+  #peers = new Map();
+  #nextChatId = 1;
+
+  /** Chat lines received from peers, oldest first. */
+  received = [];
+  /** `{"t":"early"}` probe messages received (see the `probeEarly` option). */
+  earlyReceived = 0;
+  /** Date.now() stamps: when this session was welcomed, and per peer when its channel opened / became ready. */
+  timings;
+
+  /**
+   * @param {import('./signaling.js').SignalingClient} signaling
+   * @param {{probeEarly?: boolean, timings?: object}} [options]
+   *   probeEarly: the side that receives a channel sends `{"t":"early"}` the instant it opens, before the
+   *   readiness handshake, to measure whether such messages get lost.
+   */
+  constructor(signaling, { probeEarly = false, timings = {} } = {}) {
+    super();
+    this.#signaling = signaling;
+    this.#probeEarly = probeEarly;
+    this.timings = Object.assign(timings, { welcomeAt: null, openAt: {}, dcOpenAt: {} });
+    signaling.addEventListener('welcome', (e) => this.#onWelcome(e.detail));
+    signaling.addEventListener('peer-joined', (e) => this.#ensurePeer(e.detail.peer_id, false));
+    signaling.addEventListener('peer-left', (e) => this.#removePeer(e.detail.peer_id, e.detail.reason));
+    signaling.addEventListener('signal', (e) => this.#ensurePeer(e.detail.from, false).handleSignal(e.detail.data));
+  }
+
+  /** Sends a chat line to every peer; it waits per peer until that peer is ready. Returns how many peers. */
+  send(text) {
+    const msg = { t: 'chat', id: this.#nextChatId++, text };
+    for (const link of this.#peers.values()) link.sendChat(msg);
+    return this.#peers.size;
+  }
+
+  /** A JSON-serialisable view of every peer, keyed by peer id. */
+  snapshot() {
+    return Object.fromEntries([...this.#peers].map(([id, link]) => [id, link.snapshot()]));
+  }
+
+  /** Closes every peer connection (the page is going away). */
+  close() {
+    for (const id of [...this.#peers.keys()]) this.#removePeer(id, 'closed');
+  }
+
+  #onWelcome(welcome) {
+    // A new session means a new peer id: the others have been told our old id left, so every connection
+    // from the previous session is dead on their side too.
+    this.close();
+    this.#selfId = welcome.peer_id;
+    this.#iceServers = Array.isArray(welcome.ice_servers) ? welcome.ice_servers : [];
+    this.timings.welcomeAt = Date.now();
+    // Peers already in the room are waiting for us: as the later joiner we create the channels and offer.
+    for (const peerId of welcome.peers ?? []) this.#ensurePeer(peerId, true);
+  }
+
+  #ensurePeer(peerId, initiator) {
+    let link = this.#peers.get(peerId);
+    if (link) return link;
+    link = new PeerLink({
+      selfId: this.#selfId,
+      peerId,
+      iceServers: this.#iceServers,
+      initiator,
+      probeEarly: this.#probeEarly,
+      signal: (data) => this.#signaling.signal(peerId, data),
+      events: {
+        changed: () => this.#emit('change', { peerId }),
+        dcOpen: () => { this.timings.dcOpenAt[peerId] = Date.now(); },
+        ready: () => { this.timings.openAt[peerId] = Date.now(); },
+        chat: (text) => {
+          this.received.push({ from: peerId, text });
+          this.#emit('chat', { from: peerId, text });
+        },
+        early: () => { this.earlyReceived += 1; },
+      },
+    });
+    this.#peers.set(peerId, link);
+    this.#emit('change', { peerId });
+    return link;
+  }
+
+  #removePeer(peerId, reason) {
+    const link = this.#peers.get(peerId);
+    if (!link) return;
+    this.#peers.delete(peerId);
+    link.close();
+    this.#emit('peer-removed', { peerId, reason });
+    this.#emit('change', { peerId });
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+/** One RTCPeerConnection and its `chat` channel, negotiated with the "perfect negotiation" pattern. */
+class PeerLink {
+  #pc;
+  #polite;
+  #signal;
+  #events;
+  #probeEarly;
+  #makingOffer = false;
+  #ignoreOffer = false;
+  /** Remote candidates that arrived before a remote description they could belong to. */
+  #pendingCandidates = [];
+  /** Incoming signals are applied one at a time, in arrival order. */
+  #inbox = Promise.resolve();
+  #channel = null;
+  #channelOpened = false;
+  #ready = false;
+  #outbox = [];
+  #helloTimer = null;
+  #pingTimer = null;
+  #statsTimer = null;
+  #nextPingId = 1;
+  #stats = { pairType: null, remoteType: null, localAddress: null, remoteAddress: null, rttMs: null };
+  #appRttMs = null;
+
+  constructor({ selfId, peerId, iceServers, initiator, probeEarly, signal, events }) {
+    // Peer ids are ASCII, so UTF-16 comparison is the byte-wise order the protocol specifies.
+    this.#polite = selfId < peerId;
+    this.#signal = signal;
+    this.#events = events;
+    this.#probeEarly = probeEarly;
+
+    const pc = new RTCPeerConnection({ iceServers });
+    this.#pc = pc;
+    pc.onnegotiationneeded = () => this.#offer();
+    pc.onicecandidate = ({ candidate }) => {
+      if (candidate === null) this.#signal({ kind: 'end-of-candidates' });
+      // An empty candidate string is a per-generation end marker; the null event that follows covers it.
+      else if (candidate.candidate) this.#signal({ kind: 'candidate', candidate: candidate.toJSON() });
+    };
+    pc.onconnectionstatechange = () => {
+      // Either side may restart; if both do, the offers collide and perfect negotiation settles it.
+      if (pc.connectionState === 'failed') pc.restartIce();
+      this.#events.changed();
+    };
+    pc.oniceconnectionstatechange = () => this.#events.changed();
+    pc.ondatachannel = ({ channel }) => {
+      if (channel.label !== CHAT_LABEL) {
+        console.warn(`mesh: ignoring unexpected data channel "${channel.label}"`);
+        return;
+      }
+      this.#attachChannel(channel, true);
+    };
+    // Creating the channel fires negotiationneeded, which sends the first offer.
+    if (initiator) this.#attachChannel(pc.createDataChannel(CHAT_LABEL, { ordered: true }), false);
+    this.#statsTimer = setInterval(() => this.#refreshStats(), STATS_INTERVAL_MS);
+  }
+
+  handleSignal(data) {
+    this.#inbox = this.#inbox
+      .then(() => this.#applySignal(data))
+      .catch((err) => console.error(`mesh: applying ${data?.kind} failed`, err));
+  }
+
+  /** Sends now if the peer is ready, otherwise once its `hello` arrives. */
+  sendChat(msg) {
+    if (this.#ready) {
+      this.#send(msg);
+    } else if (this.#outbox.length < MAX_QUEUED_LINES) {
+      this.#outbox.push(msg);
+    } else {
+      console.warn('mesh: peer never became ready; dropping chat line', msg);
+    }
+  }
+
+  snapshot() {
+    return {
+      pc: this.#pc.connectionState,
+      ice: this.#pc.iceConnectionState,
+      dc: this.#channel?.readyState ?? 'none',
+      ready: this.#ready,
+      ...this.#stats,
+      appRttMs: this.#appRttMs,
+      queued: this.#outbox.length,
+    };
+  }
+
+  close() {
+    clearInterval(this.#statsTimer);
+    this.#stopChannelTimers();
+    this.#ready = false;
+    this.#channel?.close();
+    this.#pc.close();
+  }
+
+  async #offer() {
+    try {
+      this.#makingOffer = true;
+      await this.#pc.setLocalDescription();
+      const { type, sdp } = this.#pc.localDescription;
+      this.#signal({ kind: type, sdp });
+    } catch (err) {
+      console.error('mesh: creating an offer failed', err);
+    } finally {
+      this.#makingOffer = false;
+    }
+  }
+
+  async #applySignal(data) {
+    switch (data?.kind) {
+      case 'offer':
+      case 'answer':
+        return this.#applyDescription({ type: data.kind, sdp: data.sdp });
+      case 'candidate':
+        return this.#applyCandidate(data.candidate);
+      case 'end-of-candidates':
+        return this.#applyCandidate(null);
+      default:
+        console.warn('mesh: ignoring unknown signal', data);
+    }
+  }
+
+  async #applyDescription(description) {
+    const pc = this.#pc;
+    // The inbox applies one signal at a time, so a remote answer is never half-applied here and "stable"
+    // alone says whether we are free to take an offer.
+    const offerCollision = description.type === 'offer' && (this.#makingOffer || pc.signalingState !== 'stable');
+    this.#ignoreOffer = !this.#polite && offerCollision;
+    if (this.#ignoreOffer) return;
+    // On the polite side a colliding offer rolls our own offer back implicitly.
+    await pc.setRemoteDescription(description);
+    if (description.type === 'offer') {
+      await pc.setLocalDescription();
+      const { type, sdp } = pc.localDescription;
+      this.#signal({ kind: type, sdp });
+    }
+    const pending = this.#pendingCandidates;
+    this.#pendingCandidates = [];
+    for (const candidate of pending) await this.#applyCandidate(candidate);
+  }
+
+  /** @param {RTCIceCandidateInit | null} candidate null is end-of-candidates */
+  async #applyCandidate(candidate) {
+    if (!this.#pc.remoteDescription) {
+      this.#pendingCandidates.push(candidate);
+      return;
+    }
+    try {
+      // addIceCandidate() without an argument is end-of-candidates.
+      await (candidate === null ? this.#pc.addIceCandidate() : this.#pc.addIceCandidate(candidate));
+    } catch (err) {
+      // Candidates of an offer we ignored cannot apply; that is expected, not an error.
+      if (!this.#ignoreOffer) console.warn('mesh: a remote candidate did not apply', candidate, err);
+    }
+  }
+
+  #attachChannel(channel, received) {
+    this.#channel = channel;
+    // The handler is attached before anything is sent, so no hello can slip past it.
+    channel.onmessage = (ev) => this.#onChannelMessage(ev.data);
+    channel.onopen = () => this.#onChannelOpen(received);
+    channel.onclose = () => {
+      this.#ready = false;
+      this.#stopChannelTimers();
+      this.#events.changed();
+    };
+    // A channel handed over by ondatachannel may already be open, and then no open event follows.
+    if (channel.readyState === 'open') this.#onChannelOpen(received);
+    this.#events.changed();
+  }
+
+  #onChannelOpen(received) {
+    if (this.#channelOpened) return;
+    this.#channelOpened = true;
+    this.#events.dcOpen();
+    if (received && this.#probeEarly) this.#channel.send(JSON.stringify({ t: 'early' }));
+    // The other side may not have its handler attached yet, so repeat until it proves it hears us.
+    this.#send({ t: 'hello', ack: false });
+    this.#helloTimer = setInterval(() => this.#send({ t: 'hello', ack: false }), HELLO_INTERVAL_MS);
+    this.#events.changed();
+  }
+
+  #onChannelMessage(raw) {
+    let msg;
+    try {
+      msg = JSON.parse(raw);
+    } catch {
+      console.warn('mesh: ignoring a channel message that is not JSON', raw);
+      return;
+    }
+    switch (msg?.t) {
+      case 'hello':
+        if (msg.ack !== true) this.#send({ t: 'hello', ack: true });
+        if (!this.#ready) this.#becomeReady();
+        break;
+      case 'chat':
+        if (typeof msg.text === 'string') this.#events.chat(msg.text);
+        break;
+      case 'ping':
+        this.#send({ t: 'pong', id: msg.id, ts: msg.ts });
+        break;
+      case 'pong':
+        if (typeof msg.ts === 'number') {
+          this.#appRttMs = performance.now() - msg.ts;
+          this.#events.changed();
+        }
+        break;
+      case 'early':
+        this.#events.early();
+        break;
+      default:
+        console.warn('mesh: ignoring unknown channel message', msg);
+    }
+  }
+
+  #becomeReady() {
+    this.#ready = true;
+    clearInterval(this.#helloTimer);
+    this.#helloTimer = null;
+    this.#events.ready();
+    for (const msg of this.#outbox) this.#send(msg);
+    this.#outbox = [];
+    this.#pingTimer = setInterval(
+      () => this.#send({ t: 'ping', id: this.#nextPingId++, ts: performance.now() }),
+      CHANNEL_PING_INTERVAL_MS,
+    );
+    this.#events.changed();
+  }
+
+  #send(msg) {
+    if (this.#channel?.readyState !== 'open') return;
+    this.#channel.send(JSON.stringify(msg));
+  }
+
+  #stopChannelTimers() {
+    clearInterval(this.#helloTimer);
+    clearInterval(this.#pingTimer);
+    this.#helloTimer = null;
+    this.#pingTimer = null;
+  }
+
+  async #refreshStats() {
+    let report;
+    try {
+      report = await this.#pc.getStats();
+    } catch {
+      return; // the connection was closed meanwhile
+    }
+    let pair = null;
+    for (const s of report.values()) {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId) ?? null;
+    }
+    // Not every browser names the selected pair on the transport; the nominated working pair is the same one.
+    if (!pair) {
+      for (const s of report.values()) {
+        if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
+      }
+    }
+    const local = pair && report.get(pair.localCandidateId);
+    const remote = pair && report.get(pair.remoteCandidateId);
+    this.#stats = {
+      pairType: local?.candidateType ?? null,
+      remoteType: remote?.candidateType ?? null,
+      localAddress: formatAddress(local),
+      remoteAddress: formatAddress(remote),
+      rttMs: typeof pair?.currentRoundTripTime === 'number' ? pair.currentRoundTripTime * 1000 : null,
+    };
+    this.#events.changed();
+  }
+}
+
+function formatAddress(candidate) {
+  const address = candidate?.address ?? candidate?.ip;
+  if (!address) return null;
+  return address.includes(':') ? `[${address}]:${candidate.port}` : `${address}:${candidate.port}`;
+}
