@@ -6,6 +6,8 @@
 //   peer-removed  – {peerId, reason}
 //   chat          – {from, text}: a chat line from a peer
 
+import { Reassembler, send as sendFramed } from './framing.js';
+
 const CHAT_LABEL = 'chat';
 const HELLO_INTERVAL_MS = 250;
 const STATS_INTERVAL_MS = 1000;
@@ -272,8 +274,20 @@ class PeerLink {
 
   #attachChannel(channel, received) {
     this.#channel = channel;
+    // Binary frames carry the framing header (framing.js); ArrayBuffers are what the reassembler reads.
+    channel.binaryType = 'arraybuffer';
+    const reassembler = new Reassembler();
     // The handler is attached before anything is sent, so no hello can slip past it.
-    channel.onmessage = (ev) => this.#onChannelMessage(ev.data);
+    channel.onmessage = (ev) => {
+      let message;
+      try {
+        message = reassembler.push(ev.data);
+      } catch (err) {
+        console.warn(`mesh: dropped a bad frame (${err.code})`, err);
+        return;
+      }
+      if (message !== null) this.#onChannelMessage(message);
+    };
     channel.onopen = () => this.#onChannelOpen(received);
     channel.onclose = () => {
       this.#ready = false;
@@ -297,11 +311,17 @@ class PeerLink {
   }
 
   #onChannelMessage(raw) {
+    if (typeof raw !== 'string') {
+      // Native peers may send bytes; the chat can only say that they came.
+      this.#events.chat(`[binary message, ${raw.byteLength} bytes]`);
+      return;
+    }
     let msg;
     try {
       msg = JSON.parse(raw);
     } catch {
-      console.warn('mesh: ignoring a channel message that is not JSON', raw);
+      // Plain text from a client that does not speak the demo's JSON (e.g. a native app): show it as is.
+      this.#events.chat(raw);
       return;
     }
     switch (msg?.t) {
@@ -345,7 +365,8 @@ class PeerLink {
 
   #send(msg) {
     if (this.#channel?.readyState !== 'open') return;
-    this.#channel.send(JSON.stringify(msg));
+    // framing.send chunks messages above the SCTP limit and waits while the channel buffers too much.
+    sendFramed(this.#channel, JSON.stringify(msg)).catch((err) => console.warn(`mesh: send failed (${err.code})`, err));
   }
 
   #stopChannelTimers() {
