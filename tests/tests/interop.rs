@@ -154,36 +154,33 @@ async fn exchange(native: &mut Native, browser: &Browser, browser_id: &str) -> R
 
 #[tokio::test]
 async fn native_offerer_and_browser_answerer_exchange_messages() -> Result<()> {
-    require_loopback_only_network()?;
-    let _one = BROWSERS.lock().await;
-    let server = SignalingServer::start(&[])?;
-    let browser = Browser::launch("interop-answerer").await?;
-    let room = format!("interop-a-{}", std::process::id());
     // The browser is in the room first, so the native peer (the later joiner) creates the channel and offers.
-    let browser_id = open_demo(&browser, &format!("{}/#room={room}", server.url())).await?;
-    let mut native = Native::join(&server, &room).await?;
-    let outcome = exchange(&mut native, &browser, &browser_id).await;
-    if outcome.is_err() {
-        let _ = browser.screenshot("interop-native-offerer-failure.png").await;
-    }
-    outcome?;
-    native.peer.close().await;
-    browser.close().await
+    pair_exchange("native-offerer", false).await
 }
 
 #[tokio::test]
 async fn browser_offerer_and_native_answerer_exchange_messages() -> Result<()> {
+    // The native peer is in the room first: the browser creates the channel and offers; the native peer answers.
+    pair_exchange("native-answerer", true).await
+}
+
+async fn pair_exchange(name: &str, native_first: bool) -> Result<()> {
     require_loopback_only_network()?;
     let _one = BROWSERS.lock().await;
     let server = SignalingServer::start(&[])?;
-    let browser = Browser::launch("interop-offerer").await?;
-    let room = format!("interop-b-{}", std::process::id());
-    let mut native = Native::join(&server, &room).await?;
-    // The browser joins later: it creates the channel and offers; the native peer answers.
-    let browser_id = open_demo(&browser, &format!("{}/#room={room}", server.url())).await?;
+    let browser = Browser::launch(name).await?;
+    let room = format!("{name}-{}", std::process::id());
+    let url = format!("{}/#room={room}", server.url());
+    let (mut native, browser_id) = if native_first {
+        let native = Native::join(&server, &room).await?;
+        (native, open_demo(&browser, &url).await?)
+    } else {
+        let browser_id = open_demo(&browser, &url).await?;
+        (Native::join(&server, &room).await?, browser_id)
+    };
     let outcome = exchange(&mut native, &browser, &browser_id).await;
     if outcome.is_err() {
-        let _ = browser.screenshot("interop-native-answerer-failure.png").await;
+        let _ = browser.screenshot(&format!("interop-{name}-failure.png")).await;
     }
     outcome?;
     native.peer.close().await;
