@@ -13,11 +13,14 @@ use protocol::{ClientMessage, LeaveReason, PeerId, ServerMessage, SignalData};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::mpsc;
 use webrtc::peer_connection::{PeerConnectionEventHandler, RTCPeerConnectionIceEvent, RTCPeerConnectionState};
 
 /// Events delivered to the application, in order.
 const EVENT_QUEUE: usize = 1024;
+/// How long a connection may stay `disconnected` before we restart ICE.
+pub const DISCONNECTED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a data channel delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +160,7 @@ pub struct Peer {
 #[derive(Debug)]
 enum Command {
     Close(tokio::sync::oneshot::Sender<()>),
+    RestartIce(PeerId, tokio::sync::oneshot::Sender<Result<(), Error>>),
 }
 
 impl Peer {
@@ -240,6 +244,14 @@ impl Peer {
         lock(&self.channels).keys().filter(|(_, l)| l == label).map(|(p, _)| p.clone()).collect()
     }
 
+    /// Restarts ICE with `peer` (new credentials, fresh candidates) and renegotiates; the data channels stay.
+    /// Done automatically when the connection fails or stays disconnected for [`DISCONNECTED_GRACE`].
+    pub async fn restart_ice(&self, peer: &str) -> Result<(), Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cmd.send(Command::RestartIce(peer.to_owned(), tx)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
     /// Leaves the room and closes every connection; returns when everything is released.
     pub async fn close(self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -263,6 +275,11 @@ impl std::fmt::Debug for Peer {
     }
 }
 
+/// The `a=ice-ufrag` of an SDP, for logs (an ICE restart changes it).
+fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines().find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Nothing panics while holding these locks (map inserts/removes only), so poison carries no meaning.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -275,6 +292,8 @@ enum PcEvent {
     GatheringComplete,
     State(RTCPeerConnectionState),
     DataChannel(Arc<dyn DataChannel>),
+    /// Posted [`DISCONNECTED_GRACE`] after entering `disconnected` at the given instant.
+    DisconnectedFor(Instant),
 }
 
 /// Forwards webrtc-rs callbacks (which run on its driver task and must not block) to the actor.
@@ -318,6 +337,8 @@ struct Remote {
     pending: Vec<protocol::IceCandidateInit>,
     /// Set while we ignore a colliding offer (impolite side): its candidates fail harmlessly.
     ignore_offer: bool,
+    /// When the connection last went `disconnected` (None while it is not).
+    disconnected_since: Option<Instant>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -368,7 +389,14 @@ impl Actor {
                     }
                 }
                 cmd = cmd_rx.recv() => {
-                    let done = match cmd { Some(Command::Close(done)) => Some(done), None => None };
+                    let done = match cmd {
+                        Some(Command::RestartIce(peer, reply)) => {
+                            let _ = reply.send(self.restart_ice(&peer).await);
+                            continue;
+                        }
+                        Some(Command::Close(done)) => Some(done),
+                        None => None,
+                    };
                     let _ = self.sender.send(ClientMessage::Leave).await;
                     let peers: Vec<PeerId> = self.remotes.keys().cloned().collect();
                     for p in peers {
@@ -392,7 +420,7 @@ impl Actor {
         let handler = Arc::new(Handler { peer: peer.clone(), tx: self.pc_tx.clone() });
         let pc = rtc::build_pc(&self.settings, handler).await?;
         let polite = self.me.as_str() < peer.as_str();
-        self.remotes.insert(peer.clone(), Remote { pc: pc.clone(), polite, pending: Vec::new(), ignore_offer: false, tasks: Vec::new() });
+        self.remotes.insert(peer.clone(), Remote { pc: pc.clone(), polite, pending: Vec::new(), ignore_offer: false, disconnected_since: None, tasks: Vec::new() });
         if create_channels {
             for opts in self.cfg.channels.clone() {
                 let init = RTCDataChannelInit {
@@ -549,25 +577,35 @@ impl Actor {
         let Some(remote) = self.remotes.get(peer) else { return Ok(()) }; // already torn down
         let pc = remote.pc.clone();
         match ev {
-            PcEvent::NegotiationNeeded => {
-                let offer = pc.create_offer(None).await?;
-                pc.set_local_description(offer).await?;
-                if let Some(local) = pc.local_description().await {
-                    if local.sdp_type == RTCSdpType::Offer {
-                        self.signal(peer, SignalData::Offer { sdp: local.sdp }).await?;
-                    }
-                }
-            }
+            PcEvent::NegotiationNeeded => self.offer(peer, &pc).await?,
             PcEvent::Candidate(c) => self.signal(peer, SignalData::Candidate { candidate: c }).await?,
             PcEvent::GatheringComplete => self.signal(peer, SignalData::EndOfCandidates).await?,
             PcEvent::State(state) => {
-                if state == RTCPeerConnectionState::Failed {
-                    // A path failed: gather anew and renegotiate (the restart triggers negotiation-needed).
-                    if let Err(e) = pc.restart_ice().await {
-                        tracing::warn!(peer = %peer, error = %e, "ICE restart failed");
+                let since = Instant::now();
+                if let Some(r) = self.remotes.get_mut(peer) {
+                    r.disconnected_since = (state == RTCPeerConnectionState::Disconnected).then_some(since);
+                }
+                match state {
+                    // A path failed: gather anew and renegotiate.
+                    RTCPeerConnectionState::Failed => self.restart_ice(peer).await?,
+                    // Disconnected often heals by itself (a lost burst of checks); restart only if it lasts.
+                    RTCPeerConnectionState::Disconnected => {
+                        let tx = self.pc_tx.clone();
+                        let peer = peer.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(DISCONNECTED_GRACE).await;
+                            let _ = tx.send((peer, PcEvent::DisconnectedFor(since)));
+                        });
                     }
+                    _ => {}
                 }
                 self.emit(Event::ConnectionState { peer: peer.clone(), state: state.to_string() }).await;
+            }
+            PcEvent::DisconnectedFor(since) => {
+                if self.remotes.get(peer).is_some_and(|r| r.disconnected_since == Some(since)) {
+                    tracing::info!(peer = %peer, "disconnected for too long: restarting ICE");
+                    self.restart_ice(peer).await?;
+                }
             }
             PcEvent::DataChannel(dc) => {
                 let label = dc.label().await.unwrap_or_default();
@@ -575,6 +613,30 @@ impl Actor {
             }
         }
         Ok(())
+    }
+
+    /// Creates and sends an offer, unless a negotiation is already under way (its answer will cover this).
+    async fn offer(&self, peer: &PeerId, pc: &Pc) -> Result<(), Error> {
+        if pc.pending_local_description().await.is_some() || pc.pending_remote_description().await.is_some() {
+            tracing::debug!(peer = %peer, "negotiation under way: no new offer");
+            return Ok(());
+        }
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer).await?;
+        if let Some(local) = pc.local_description().await {
+            if local.sdp_type == RTCSdpType::Offer {
+                tracing::debug!(peer = %peer, ufrag = ?ice_ufrag(&local.sdp), "sending offer");
+                self.signal(peer, SignalData::Offer { sdp: local.sdp }).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn restart_ice(&mut self, peer: &PeerId) -> Result<(), Error> {
+        let pc = self.remotes.get(peer).map(|r| r.pc.clone()).ok_or_else(|| Error::UnknownPeer(peer.clone()))?;
+        // Sets the ICE-restart flag for the next offer; webrtc-rs does not fire negotiation-needed for it.
+        pc.restart_ice().await?;
+        self.offer(peer, &pc).await
     }
 
     async fn signal(&self, to: &PeerId, data: SignalData) -> Result<(), Error> {

@@ -218,3 +218,35 @@ async fn sending_200_mb_to_a_slow_reader_keeps_memory_bounded() {
     // Both peers live in this process: had the 200 MB been queued anywhere, RSS would have grown by that much.
     assert!(max_rss < rss_before + 64 * 1024 * 1024, "RSS grew from {rss_before} to {max_rss}");
 }
+
+/// Drains events until `n` chat messages arrived, failing on any error event (a broken negotiation shows up there).
+async fn expect_messages(events: &mut mpsc::Receiver<Event>, n: usize, prefix: &str) {
+    for i in 0..n {
+        let got = wait_for(events, "a message after the ICE restart", |e| match e {
+            Event::Error(err) => panic!("error event during renegotiation: {err}"),
+            Event::Message { label, payload, .. } if label == "chat" => Some(payload.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(got, Payload::Text(format!("{prefix}{i}")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_restart_from_both_sides_at_once_keeps_the_channels() {
+    let _ = tracing_subscriber::fmt().with_env_filter("peer=debug").with_test_writer().try_init();
+    let (a, mut a_ev, b, mut b_ev, _stop) = connected_pair("restart").await;
+    // Both sides restart at the same moment: their offers collide and perfect negotiation must settle it.
+    let (ra, rb) = tokio::join!(a.restart_ice(b.id()), b.restart_ice(a.id()));
+    ra.unwrap();
+    rb.unwrap();
+    // Let the renegotiation finish, then prove the channels still carry messages both ways, in order.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..50 {
+        a.send(b.id(), "chat", Payload::Text(format!("a{i}"))).await.unwrap();
+        b.send(a.id(), "chat", Payload::Text(format!("b{i}"))).await.unwrap();
+    }
+    expect_messages(&mut b_ev, 50, "a").await;
+    expect_messages(&mut a_ev, 50, "b").await;
+    assert_eq!(a.restart_ice("no-such-peer").await.unwrap_err().code(), "unknown-peer");
+}
