@@ -553,10 +553,10 @@ impl Actor {
             SignalData::Candidate { candidate } => {
                 if pc.remote_description().await.is_none() {
                     remote.pending.push(candidate);
-                } else if let Err(e) = pc.add_ice_candidate(rtc::candidate_to_rtc(candidate)).await {
-                    if !remote.ignore_offer {
-                        return Err(e.into());
-                    }
+                } else if let Err(e) = pc.add_ice_candidate(rtc::candidate_to_rtc(candidate)).await
+                    && !remote.ignore_offer
+                {
+                    return Err(e.into());
                 }
             }
             SignalData::EndOfCandidates => {}
@@ -623,11 +623,11 @@ impl Actor {
         }
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer).await?;
-        if let Some(local) = pc.local_description().await {
-            if local.sdp_type == RTCSdpType::Offer {
-                tracing::debug!(peer = %peer, ufrag = ?ice_ufrag(&local.sdp), "sending offer");
-                self.signal(peer, SignalData::Offer { sdp: local.sdp }).await?;
-            }
+        if let Some(local) = pc.local_description().await
+            && local.sdp_type == RTCSdpType::Offer
+        {
+            tracing::debug!(peer = %peer, ufrag = ?ice_ufrag(&local.sdp), "sending offer");
+            self.signal(peer, SignalData::Offer { sdp: local.sdp }).await?;
         }
         Ok(())
     }

@@ -53,7 +53,6 @@ pub async fn build_pc(settings: &PcSettings, handler: Arc<dyn PeerConnectionEven
             urls: s.urls.clone(),
             username: s.username.clone().unwrap_or_default(),
             credential: s.credential.clone().unwrap_or_default(),
-            ..Default::default()
         })
         .collect();
     let mut setting_engine = SettingEngineBuilder::new()

@@ -202,7 +202,7 @@ async fn sending_200_mb_to_a_slow_reader_keeps_memory_bounded() {
         let Payload::Binary(m) = next_message(&mut b_ev, "chat").await else { panic!("expected binary") };
         assert_eq!(m.len(), MSG);
         received += 1;
-        if received % 32 == 0 {
+        if received.is_multiple_of(32) {
             tokio::time::sleep(Duration::from_millis(1)).await;
             max_rss = max_rss.max(rss_bytes());
         }

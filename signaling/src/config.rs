@@ -91,10 +91,10 @@ impl Config {
                 return Err(ConfigError::TooSmall { flag, min, value });
             }
         }
-        if let Some(root) = &self.web_root {
-            if !root.is_dir() {
-                return Err(ConfigError::WebRoot(root.clone()));
-            }
+        if let Some(root) = &self.web_root
+            && !root.is_dir()
+        {
+            return Err(ConfigError::WebRoot(root.clone()));
         }
         Ok(())
     }
