@@ -1,0 +1,74 @@
+//! The ways of moving messages that the benchmark compares: one module per technique, one table row per
+//! technique × message size.
+//!
+//! To add a technique (e.g. the server-relayed WebSocket, SSE or long-polling rows): write a module
+//! with a type implementing [`Technique`] whose `connect` returns a [`Link`](crate::link::Link), and list it in
+//! [`all`]. The harness measures setup, RTT and throughput identically for every technique.
+
+pub mod p2p;
+pub mod tcp;
+
+use crate::link::{BoxFut, Link};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What techniques share: the in-process signaling server and fresh room names.
+#[derive(Debug)]
+pub struct Env {
+    /// `http://127.0.0.1:port` of the in-process signaling server.
+    pub server_url: String,
+    next_room: AtomicU64,
+    /// Unique per process, so rooms never collide with another bench run on a shared server.
+    run_id: u32,
+}
+
+impl Env {
+    /// An environment around a running server.
+    pub fn new(server_url: String) -> Arc<Env> {
+        let run_id = std::process::id();
+        Arc::new(Env { server_url, next_room: AtomicU64::new(0), run_id })
+    }
+
+    /// A room name never used before in this run.
+    pub fn fresh_room(&self, prefix: &str) -> String {
+        format!("{prefix}-{}-{}", self.run_id, self.next_room.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// One way of carrying messages between two endpoints.
+pub trait Technique: Send + Sync {
+    /// Row name in the table, e.g. `p2p-reliable`.
+    fn name(&self) -> &'static str;
+    /// One sentence on what is measured, printed under the table.
+    fn description(&self) -> &'static str;
+    /// What the setup time of this technique spans.
+    fn setup_means(&self) -> &'static str;
+    /// Largest message this technique carries, if limited.
+    fn max_message(&self) -> Option<usize> {
+        None
+    }
+    /// How many transport frames one message of `size` bytes becomes (1 unless the technique chunks).
+    fn frames(&self, _size: usize) -> usize {
+        1
+    }
+    /// Messages may be dropped (the harness then reports loss instead of failing).
+    fn lossy(&self) -> bool {
+        false
+    }
+    /// Builds a fresh connected pair.
+    fn connect(&self) -> BoxFut<'_, anyhow::Result<Link>>;
+}
+
+/// Every technique the `p2p` subcommand measures, baseline first.
+pub fn p2p_suite(env: &Arc<Env>) -> Vec<Box<dyn Technique>> {
+    vec![
+        Box::new(tcp::TcpLoopback),
+        Box::new(p2p::P2p::reliable(env.clone())),
+        Box::new(p2p::P2p::unreliable(env.clone())),
+    ]
+}
+
+/// Every known technique (the `p2p` suite today; relayed techniques join here).
+pub fn all(env: &Arc<Env>) -> Vec<Box<dyn Technique>> {
+    p2p_suite(env)
+}
