@@ -196,6 +196,11 @@ impl Peer {
     /// Sends `payload` to `peer` on channel `label`. Messages of any size go on ordered reliable channels
     /// (they are chunked); on other channels a message must fit in one frame ([`framing::MAX_FRAME`]).
     /// Waits while the channel's send buffer is full, so memory stays bounded however much is sent.
+    ///
+    /// Cancel-safe: a chunked message is always sent whole, even if this future is dropped.
+    /// `send` and [`buffered_amount`](Self::buffered_amount) share webrtc-rs's connection lock: do not
+    /// `select!` one of them against the other on the same connection (a polled-but-parked waiter can hold the
+    /// lock hand-off and stall both); run them in separate tasks or one after the other.
     pub async fn send(&self, peer: &str, label: &str, payload: Payload) -> Result<(), Error> {
         let ch = self.channel(peer, label)?;
         let (len, is_text) = match &payload {
@@ -207,15 +212,24 @@ impl Peer {
             return Err(Error::TooLarge { label: label.to_owned(), size: len, limit });
         }
         let not_open = || Error::ChannelNotOpen { peer: peer.to_owned(), label: label.to_owned() };
-        let _whole_message = ch.send_lock.lock().await;
-        for frame in framing::encode(&payload) {
-            let res = match frame {
-                Frame::Text(t) => ch.dc.send_text(&t).await,
-                Frame::Binary(b) => ch.dc.send(BytesMut::from(&b[..])).await,
-            };
-            res.map_err(|_| not_open())?;
+        let frames = framing::encode(&payload);
+        if let [frame] = &frames[..] {
+            let _one_message_at_a_time = ch.send_lock.lock().await;
+            return send_frame(&ch.dc, frame.clone()).await.map_err(|_| not_open());
         }
-        Ok(())
+        // A chunked message is sent by its own task, so a caller that stops waiting (a timeout, a dropped
+        // future) cannot leave half a message on the channel for the receiver to glue to the next one.
+        let task = tokio::spawn(async move {
+            let _whole_message = ch.send_lock.clone().lock_owned().await;
+            for frame in frames {
+                send_frame(&ch.dc, frame).await?;
+            }
+            Ok::<(), webrtc::error::Error>(())
+        });
+        match task.await {
+            Ok(res) => res.map_err(|_| not_open()),
+            Err(_) => Err(Error::Closed),
+        }
     }
 
     /// Sends `payload` on channel `label` to every peer that has it open; returns how many were sent to.
@@ -272,6 +286,13 @@ impl Peer {
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peer").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+async fn send_frame(dc: &Arc<dyn DataChannel>, frame: Frame) -> Result<(), webrtc::error::Error> {
+    match frame {
+        Frame::Text(t) => dc.send_text(&t).await,
+        Frame::Binary(b) => dc.send(BytesMut::from(&b[..])).await,
     }
 }
 

@@ -250,3 +250,15 @@ async fn ice_restart_from_both_sides_at_once_keeps_the_channels() {
     expect_messages(&mut a_ev, 50, "b").await;
     assert_eq!(a.restart_ice("no-such-peer").await.unwrap_err().code(), "unknown-peer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_send_still_delivers_the_whole_chunked_message() {
+    let (a, _a_ev, b, mut b_ev, _stop) = connected_pair("cancel").await;
+    let big = bytes::Bytes::from(vec![7u8; 4 * 1024 * 1024]);
+    // The caller gives up almost at once; the message must still arrive whole, not glued to the next one.
+    let gave_up = tokio::time::timeout(Duration::from_millis(1), a.send(b.id(), "chat", Payload::Binary(big.clone()))).await;
+    assert!(gave_up.is_err(), "a 4 MiB send finished within 1 ms: the test proves nothing");
+    a.send(b.id(), "chat", Payload::Binary(bytes::Bytes::from_static(b"after"))).await.unwrap();
+    assert_eq!(next_message(&mut b_ev, "chat").await, Payload::Binary(big));
+    assert_eq!(next_message(&mut b_ev, "chat").await, Payload::Binary(bytes::Bytes::from_static(b"after")));
+}

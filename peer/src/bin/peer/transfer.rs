@@ -226,12 +226,30 @@ async fn send_on(
     let started = std::time::Instant::now();
     let content = peer.send(&target, label, Payload::Binary(data));
     tokio::pin!(content);
+    // Progress means SCTP acknowledges data: the amount it still holds changes. The watch is a future of its
+    // own, polled by the select! below *alongside* `content`, never awaited inside a select! arm: the probe
+    // takes webrtc-rs' connection lock, and tokio's fair locks hand a released lock to the next waiter even
+    // when that waiter is not being polled. Had an arm awaited the probe while `content` queued for the same
+    // lock, neither (nor the webrtc-rs driver) could ever proceed: the transfer would hang for good.
+    let last_progress = std::cell::Cell::new(Instant::now());
+    let watch = async {
+        let mut last_buffered = None;
+        loop {
+            tokio::time::sleep(PROGRESS_PROBE).await;
+            let now = peer.buffered_amount(&target, label).await.ok();
+            if now != last_buffered {
+                last_buffered = now;
+                last_progress.set(Instant::now());
+            }
+        }
+    };
+    tokio::pin!(watch);
     let mut sending = true;
     let mut send_error: Option<peer::Error> = None;
     let mut wait_until = Instant::now() + t;
-    let mut last_buffered: Option<usize> = None;
-    let mut probe = tokio::time::interval(PROGRESS_PROBE);
     let ack = loop {
+        let deadline = if sending { last_progress.get() + t } else { wait_until };
+        // No arm below awaits anything: each only looks at what arrived (see `watch`).
         tokio::select! {
             _ = &mut interrupted => return Err(interrupted_failure()),
             r = &mut content, if sending => {
@@ -247,21 +265,11 @@ async fn send_on(
                     }
                 }
             }
-            _ = probe.tick(), if sending => {
-                // Progress means SCTP acknowledges data: the amount it still holds changes. The probe is
-                // bounded too: it takes the connection's lock, and a wedged connection must not wedge us.
-                match tokio::time::timeout(PROGRESS_PROBE, peer.buffered_amount(&target, label)).await {
-                    Ok(now) => {
-                        let now = now.ok();
-                        if now != last_buffered {
-                            last_buffered = now;
-                            wait_until = Instant::now() + t;
-                        }
-                    }
-                    Err(_) => tracing::debug!("buffered-amount probe timed out"),
+            () = &mut watch, if sending => unreachable!("the progress watch never ends"),
+            _ = tokio::time::sleep_until(deadline) => {
+                if sending && last_progress.get() + t > Instant::now() {
+                    continue; // progress was made meanwhile
                 }
-            }
-            _ = tokio::time::sleep_until(wait_until) => {
                 return Err(match send_error {
                     Some(e) => e.into(),
                     None if sending => timeout_failure(format!("the receiver made no progress for {}s", t.as_secs())),
