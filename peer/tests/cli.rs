@@ -4,6 +4,9 @@
 //! Run on loopback only:
 //! `unshare --net -- sh -c 'ip link set lo up && cargo test -p peer --test cli --offline'`.
 
+mod common;
+
+use common::start_server;
 use peer::{ChannelOptions, Event, Payload, Peer, PeerConfig};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -17,16 +20,6 @@ use tokio::sync::mpsc;
 const WAIT: Duration = Duration::from_secs(30);
 /// `--timeout` of the CLI: below [`WAIT`], so that the CLI reports its own timeout first.
 const CLI_TIMEOUT: &str = "20";
-
-async fn start_server() -> (String, tokio::sync::oneshot::Sender<()>) {
-    let server = signaling::Server::bind(signaling::Config::with_listen("127.0.0.1:0".parse().unwrap())).await.unwrap();
-    let url = format!("http://{}", server.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    (url, stop)
-}
 
 /// A `peer` child process; its stdout and stderr lines arrive on channels (and are echoed to the test's
 /// stderr, which the harness shows when a test fails).
@@ -179,21 +172,8 @@ async fn library_peer(url: &str, room: &str) -> (Peer, mpsc::Receiver<Event>) {
     tokio::time::timeout(WAIT, Peer::connect(cfg)).await.expect("connect in time").expect("connect")
 }
 
-async fn next_event<T>(events: &mut mpsc::Receiver<Event>, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(ev)) => {
-                if let Some(v) = pick(&ev) {
-                    return v;
-                }
-                seen.push(ev);
-            }
-            Ok(None) => panic!("event stream ended while waiting for {what}; saw {seen:?}"),
-            Err(_) => panic!("timed out waiting for {what}; saw {seen:?}"),
-        }
-    }
+async fn next_event<T>(events: &mut mpsc::Receiver<Event>, what: &str, pick: impl FnMut(&Event) -> Option<T>) -> T {
+    common::wait_for(events, what, WAIT, pick).await
 }
 
 async fn channel_open(events: &mut mpsc::Receiver<Event>) -> String {

@@ -1,23 +1,14 @@
 //! Two native peers through a real signaling server on loopback.
 
+mod common;
+
+use common::start_server;
 use peer::{ChannelOptions, Event, Payload, Peer, PeerConfig};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn start_server() -> (String, tokio::sync::oneshot::Sender<()>) {
-    let server = signaling::Server::bind(signaling::Config::with_listen("127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    let url = format!("http://{}", server.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    (url, stop)
-}
 
 fn config(url: &str, room: &str) -> PeerConfig {
     let mut cfg = PeerConfig::new(url, room);
@@ -26,22 +17,8 @@ fn config(url: &str, room: &str) -> PeerConfig {
     cfg
 }
 
-/// Waits for the first event `pick` accepts, failing with the events seen meanwhile.
-async fn wait_for<T>(events: &mut mpsc::Receiver<Event>, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(ev)) => {
-                if let Some(v) = pick(&ev) {
-                    return v;
-                }
-                seen.push(ev);
-            }
-            Ok(None) => panic!("event stream ended while waiting for {what}; saw {seen:?}"),
-            Err(_) => panic!("timed out waiting for {what}; saw {seen:?}"),
-        }
-    }
+async fn wait_for<T>(events: &mut mpsc::Receiver<Event>, what: &str, pick: impl FnMut(&Event) -> Option<T>) -> T {
+    common::wait_for(events, what, WAIT, pick).await
 }
 
 /// Waits until every channel in `labels` is open on both sides (in whatever order they open).
