@@ -234,12 +234,8 @@ impl Peer {
 
     /// Sends `payload` on channel `label` to every peer that has it open; returns how many were sent to.
     pub async fn broadcast(&self, label: &str, payload: Payload) -> Result<usize, Error> {
-        let targets: Vec<PeerId> = {
-            let map = lock(&self.channels);
-            map.keys().filter(|(_, l)| l == label).map(|(p, _)| p.clone()).collect()
-        };
         let mut sent = 0;
-        for p in targets {
+        for p in self.open_channels(label) {
             if self.send(&p, label, payload.clone()).await.is_ok() {
                 sent += 1;
             }
