@@ -219,8 +219,11 @@ impl Peer {
         }
         // A chunked message is sent by its own task, so a caller that stops waiting (a timeout, a dropped
         // future) cannot leave half a message on the channel for the receiver to glue to the next one.
+        // The lock is taken here, before the spawn and with no await in between: taken inside the task, a
+        // caller cancelled before the task first ran would let its next `send` overtake this message.
+        let whole_message = ch.send_lock.clone().lock_owned().await;
         let task = tokio::spawn(async move {
-            let _whole_message = ch.send_lock.clone().lock_owned().await;
+            let _whole_message = whole_message;
             for frame in frames {
                 send_frame(&ch.dc, frame).await?;
             }
