@@ -146,6 +146,12 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// A resume succeeded: sent right after the `replayed` messages the client had missed, so everything
+    /// before it (in `seq` order) is the gap, filled.
+    Resumed {
+        /// How many missed messages were sent again before this one.
+        replayed: u64,
+    },
     /// The previous client message was refused.
     Error {
         /// Stable machine-readable code.
@@ -172,6 +178,24 @@ pub struct Welcome {
     pub heartbeat: Heartbeat,
     /// Limits the server enforces.
     pub limits: Limits,
+    /// What a resume of this session needs.
+    pub session: SessionInfo,
+    /// `false` when the client asked to resume a session that could not be resumed (expired, unknown, or
+    /// its gap no longer fillable): this is a new session. Absent on a plain join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// The secret and the window of a session, for resuming it on any transport and for `POST`ing to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Secret known only to this client: `Authorization: Bearer <token>` on HTTP requests, `resume=<token>`
+    /// when resuming a stream. Never share it.
+    pub token: String,
+    /// Where to `POST` client messages (HTTP transports), relative to the server.
+    pub url: String,
+    /// How long after its connection drops the session waits to be resumed, in milliseconds.
+    pub resume_window_ms: u64,
 }
 
 /// One entry of `RTCConfiguration.iceServers`.
@@ -294,6 +318,8 @@ pub enum CloseCode {
     BadRoom,
     /// The room is full.
     RoomFull,
+    /// Another connection resumed this session: this one is stale and must not reconnect.
+    Superseded,
 }
 
 impl CloseCode {
@@ -307,6 +333,7 @@ impl CloseCode {
             CloseCode::SlowConsumer => 4002,
             CloseCode::BadRoom => 4500,
             CloseCode::RoomFull => 4501,
+            CloseCode::Superseded => 4502,
         }
     }
 
@@ -320,6 +347,7 @@ impl CloseCode {
             CloseCode::SlowConsumer => "slow-consumer",
             CloseCode::BadRoom => "bad-room",
             CloseCode::RoomFull => "room-full",
+            CloseCode::Superseded => "superseded",
         }
     }
 
@@ -333,6 +361,42 @@ impl CloseCode {
             _ => true,
         }
     }
+}
+
+/// The HTTP transports' equivalent of a WebSocket close frame: the SSE `close` event's data, and the
+/// `close` field of a poll response. Same codes, same meaning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseNotice {
+    /// A [`CloseCode`] number.
+    pub code: u16,
+    /// Its reason text.
+    pub reason: String,
+}
+
+impl From<CloseCode> for CloseNotice {
+    fn from(c: CloseCode) -> Self {
+        CloseNotice { code: c.code(), reason: c.reason().to_owned() }
+    }
+}
+
+/// The body of a (long or short) poll response: messages after the requested `seq`, in order, and the
+/// close notice when the session has ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollResponse {
+    /// Possibly empty (a long poll that timed out, a short poll with nothing new).
+    pub messages: Vec<ServerEnvelope>,
+    /// Present once the session is over; no further poll will succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close: Option<CloseNotice>,
+}
+
+/// The JSON body of an HTTP error response (`401`, `404`, `413`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpError {
+    /// Stable machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
 }
 
 /// Why a client message was refused.
@@ -515,7 +579,10 @@ mod tests {
                 }],
                 heartbeat: Heartbeat { interval_ms: 10_000, timeout_ms: 5_000 },
                 limits: Limits { max_message_bytes: MAX, max_peers: 16 },
+                session: SessionInfo { token: "t".into(), url: "/v1/sessions/me".into(), resume_window_ms: 1 },
+                recovered: Some(false),
             }),
+            ServerMessage::Resumed { replayed: 3 },
             ServerMessage::PeerJoined { peer_id: "a".into() },
             ServerMessage::PeerLeft { peer_id: "a".into(), reason: LeaveReason::Timeout },
             ServerMessage::Signal { from: "a".into(), data: SignalData::Offer { sdp: "v=0".into() } },

@@ -67,6 +67,7 @@ impl Server {
             limits: Limits { max_message_bytes: cfg.max_message_bytes, max_peers: cfg.max_peers },
             heartbeat: Heartbeat { interval_ms: cfg.heartbeat_interval_ms, timeout_ms: cfg.heartbeat_timeout_ms },
             outbox: cfg.outbox,
+            resume_window: Duration::from_millis(cfg.resume_window_ms),
             ice_servers: Vec::new(),
         }));
         Ok(Server { listener, addr, hub, cfg })
@@ -90,7 +91,8 @@ impl Server {
         };
         let hub = self.hub.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = warp::serve(routes::routes(self.hub.clone(), web))
+        let reaper = tokio::spawn(reap_forever(self.hub.clone()));
+        let server = warp::serve(routes::routes(self.hub.clone(), web, &self.cfg.transports))
             .incoming(self.listener)
             .graceful(async move {
                 let _ = stop_rx.await;
@@ -107,6 +109,18 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = tokio::time::timeout_at(deadline, server).await;
+        reaper.abort();
         tracing::info!(left_open = hub.session_count(), "stopped");
+    }
+}
+
+/// Ends sessions whose resume window or heartbeat ran out. 100 ms keeps "announced as left within
+/// interval + timeout" true to a tenth of a second, for the cost of a scan of the session table.
+async fn reap_forever(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        hub.reap(std::time::Instant::now());
     }
 }
