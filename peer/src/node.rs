@@ -534,7 +534,10 @@ impl Actor {
             ServerMessage::Error { code, message } => {
                 self.emit(Event::Error(Error::Refused { code, message })).await;
             }
-            ServerMessage::Welcome(_) | ServerMessage::Relay { .. } | ServerMessage::Pong { .. } => {}
+            ServerMessage::Welcome(_)
+            | ServerMessage::Relay { .. }
+            | ServerMessage::Pong { .. }
+            | ServerMessage::Resumed { .. } => {}
         }
     }
 
