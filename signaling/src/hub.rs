@@ -4,7 +4,7 @@
 use crate::session::Session;
 use dashmap::DashMap;
 use protocol::{
-    ClientMessage, CloseCode, ErrorCode, Heartbeat, IceServer, LeaveReason, Limits, ServerMessage, SessionInfo,
+    ClientEnvelope, ClientMessage, CloseCode, ErrorCode, Heartbeat, IceServer, LeaveReason, Limits, ServerMessage, SessionInfo,
     Welcome, PROTOCOL_VERSION,
 };
 use std::sync::Arc;
@@ -116,7 +116,8 @@ impl Hub {
                 Ok(()) if !announce => return Ok(Resumed::Same(session)),
                 Ok(()) => {
                     // Queued behind the missed messages, so the client knows when the gap is filled.
-                    let pushed = session.push_with(|seq| ServerMessage::Resumed { replayed: seq - 1 - after });
+                    let received = session.received();
+                    let pushed = session.push_with(|seq| ServerMessage::Resumed { replayed: seq - 1 - after, received });
                     if let Ok(seq) = pushed {
                         tracing::info!(peer = %session.peer_id(), room, after, missed = seq - 1 - after, "resumed");
                         return Ok(Resumed::Same(session));
@@ -180,6 +181,16 @@ impl Hub {
         Ok(session)
     }
 
+    /// Acts on one client message unless its `cseq` shows the server already had it (a message sent again
+    /// after a reconnect).
+    pub fn handle_envelope(&self, from: &Session, env: ClientEnvelope) -> Flow {
+        if !from.accept_cseq(env.cseq) {
+            tracing::debug!(peer = %from.peer_id(), cseq = env.cseq, "duplicate client message dropped");
+            return Flow::Continue;
+        }
+        self.handle(from, env.msg)
+    }
+
     /// Acts on one client message.
     pub fn handle(&self, from: &Session, msg: ClientMessage) -> Flow {
         match msg {
@@ -198,7 +209,8 @@ impl Hub {
                 }
             }
             ClientMessage::Ping { id } => {
-                let _ = from.push(ServerMessage::Pong { id });
+                let received = Some(from.received()).filter(|&r| r > 0);
+                let _ = from.push(ServerMessage::Pong { id, received });
             }
             ClientMessage::Leave => {
                 self.leave(from, LeaveReason::Left);
@@ -427,7 +439,7 @@ mod tests {
             drain(&mut a_io),
             [
                 ServerMessage::Signal { from: b.peer_id().into(), data: SignalData::EndOfCandidates },
-                ServerMessage::Resumed { replayed: 1 }
+                ServerMessage::Resumed { replayed: 1, received: 0 }
             ]
         );
         assert!(drain(&mut b_io).is_empty(), "b must not see a leave for a short drop");

@@ -59,6 +59,8 @@ struct State {
     handed_out: u64,
     last_seen: Instant,
     detached_at: Option<Instant>,
+    // Highest client sequence number received.
+    last_cseq: u64,
 }
 
 impl Session {
@@ -75,6 +77,7 @@ impl Session {
                 handed_out: 0,
                 last_seen: Instant::now(),
                 detached_at: None,
+                last_cseq: 0,
             }),
             last_seq: watch::channel(0).0,
             attached: watch::channel(0).0,
@@ -193,6 +196,23 @@ impl Session {
         }
     }
 
+    /// Whether a client message numbered `cseq` is new (and records it); `None` (unnumbered) is always new.
+    /// A message sent again after a reconnect that the server already had is not.
+    pub fn accept_cseq(&self, cseq: Option<u64>) -> bool {
+        let Some(c) = cseq else { return true };
+        let mut st = self.state();
+        if c <= st.last_cseq {
+            return false;
+        }
+        st.last_cseq = c;
+        true
+    }
+
+    /// The highest client sequence number received (0: none).
+    pub fn received(&self) -> u64 {
+        self.state().last_cseq
+    }
+
     /// The client showed signs of life.
     pub fn touch(&self) {
         self.state().last_seen = Instant::now();
@@ -242,14 +262,14 @@ mod tests {
     }
 
     fn pong(s: &Session) -> Result<u64, Closed> {
-        s.push(ServerMessage::Pong { id: None })
+        s.push(ServerMessage::Pong { id: None, received: None })
     }
 
     #[test]
     fn seq_is_gap_free_from_one() {
         let s = session(8);
         for id in 0..5 {
-            s.push(ServerMessage::Pong { id: Some(id) }).unwrap();
+            s.push(ServerMessage::Pong { id: Some(id), received: None }).unwrap();
         }
         let got = s.read_after(0).unwrap();
         for (out, expect) in got.iter().zip(1..=5u64) {

@@ -7,7 +7,7 @@
 use super::Start;
 use crate::hub::{Flow, Hub, JoinError, Resumed};
 use crate::session::Session;
-use protocol::{ClientMessage, CloseCode, CloseNotice, ErrorCode, HttpError};
+use protocol::{ClientEnvelope, CloseCode, CloseNotice, ErrorCode, HttpError};
 use std::sync::Arc;
 use std::time::Duration;
 use warp::http::StatusCode;
@@ -51,9 +51,9 @@ pub fn post(peer_id: &str, auth: Option<&str>, body: &[u8], hub: &Hub) -> Respon
     let Ok(text) = std::str::from_utf8(body) else {
         return refused(ErrorCode::BadJson, "the body is not UTF-8".into());
     };
-    match ClientMessage::decode(text, hub.config().limits.max_message_bytes) {
+    match ClientEnvelope::decode(text, hub.config().limits.max_message_bytes) {
         Ok(msg) => {
-            if hub.handle(&session, msg) == Flow::Leave {
+            if hub.handle_envelope(&session, msg) == Flow::Leave {
                 session.close(CloseCode::Normal);
             }
             let mut res = warp::Reply::into_response(StatusCode::NO_CONTENT);

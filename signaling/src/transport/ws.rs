@@ -8,7 +8,7 @@ use super::{Feed, Next, Start};
 use crate::hub::{Flow, Hub, leave_reason};
 use crate::session::Session;
 use futures_util::{SinkExt, StreamExt};
-use protocol::{ClientMessage, CloseCode, ErrorCode, ServerEnvelope, ServerMessage};
+use protocol::{ClientEnvelope, CloseCode, ErrorCode, ServerEnvelope, ServerMessage};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -154,9 +154,9 @@ async fn read_loop(
             continue;
         }
         let Ok(text) = msg.to_str() else { continue }; // ping/pong frames: liveness only
-        match ClientMessage::decode(text, max) {
+        match ClientEnvelope::decode(text, max) {
             Ok(m) => {
-                if hub.handle(session, m) == Flow::Leave {
+                if hub.handle_envelope(session, m) == Flow::Leave {
                     return ReadEnd::Left;
                 }
             }

@@ -116,7 +116,7 @@ impl Client {
     pub async fn assert_healthy(&mut self) {
         let id = self.last_seq + 1000;
         self.send(&ClientMessage::Ping { id: Some(id) }).await;
-        assert_eq!(self.recv().await, ServerMessage::Pong { id: Some(id) });
+        assert_eq!(self.recv().await, ServerMessage::Pong { id: Some(id), received: None });
     }
 
     /// Nothing arrives for `d`.
