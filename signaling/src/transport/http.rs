@@ -73,19 +73,20 @@ pub struct PollQuery {
     /// How long to hold the request when there is nothing new, in milliseconds: 0 for short polling. Capped
     /// at the heartbeat interval, so a held poll never looks like a dead client.
     pub wait_ms: Option<u64>,
+    /// A resume (after a drop, possibly from another transport): the session token, as on the other
+    /// transports. The answer then ends with `resumed`.
+    pub resume: Option<String>,
 }
 
 /// `GET /v1/rooms/{room}/poll`: without a token, joins the room and returns the `welcome` at once; with one,
-/// returns the messages after `after` as soon as there are any (or after `wait_ms`, empty).
+/// returns the messages after `after` as soon as there are any (or after `wait_ms`, empty). With
+/// `resume=<token>`, resumes the session like the other transports do (the answer ends with `resumed`).
 pub async fn poll(room: String, auth: Option<String>, q: PollQuery, hub: Arc<Hub>) -> Response {
-    let start = match bearer(auth.as_deref()) {
-        None => Start::Join,
-        Some(token) => Start::Resume { token: token.to_owned(), after: q.after },
-    };
-    let joined = match &start {
-        Start::Join => hub.join(&room).map(|s| (s, 0, false)),
-        Start::Resume { token, after } => hub.continue_polling(&room, token, *after).map(|r| match r {
-            Resumed::Same(s) => (s, *after, true),
+    let joined = match (&q.resume, bearer(auth.as_deref())) {
+        (Some(token), _) => Start::Resume { token: token.clone(), after: q.after }.run(&hub, &room).map(|(s, a)| (s, a, false)),
+        (None, None) => hub.join(&room).map(|s| (s, 0, false)),
+        (None, Some(token)) => hub.continue_polling(&room, token, q.after).map(|r| match r {
+            Resumed::Same(s) => (s, q.after, true),
             Resumed::Fresh(s) => (s, 0, false),
         }),
     };
