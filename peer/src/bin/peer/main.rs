@@ -35,6 +35,10 @@ struct Cli {
     #[arg(long, env = "PEER_CHANNEL", default_value = "chat", global = true)]
     channel: String,
 
+    /// Signaling transports to try, in order (ws, sse, longpoll, shortpoll); one name forces it.
+    #[arg(long, env = "PEER_TRANSPORT", value_delimiter = ',', default_value = "ws,sse,longpoll", global = true)]
+    transport: Vec<peer::signaling::Transport>,
+
     /// Log filter for stderr (tracing-subscriber syntax). The default keeps webrtc-rs' chatter out.
     #[arg(long, env = "PEER_LOG", default_value = "error,peer=warn", global = true)]
     log: String,
@@ -91,7 +95,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let globals = Globals { server: cli.server, room, bind: cli.bind, channel: cli.channel };
+    let globals = Globals { server: cli.server, room, bind: cli.bind, channel: cli.channel, transports: cli.transport };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return report(Failure::runtime("io", format!("cannot start the runtime: {e}"))),
