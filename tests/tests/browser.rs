@@ -19,8 +19,10 @@ use serde_json::{Value, json};
 const DEFAULT_RUNS: usize = 12;
 /// The demo refreshes getStats once a second.
 const STATS_TIMEOUT: Duration = Duration::from_secs(5);
-/// A vanished peer is announced within heartbeat interval + timeout (10 s + 5 s by default).
+/// A vanished peer is announced within heartbeat interval + timeout (10 s + 5 s by default), a dropped
+/// connection once the resume window (`RESUME_WINDOW_MS` here) has passed.
 const PEER_GONE_TIMEOUT: Duration = Duration::from_secs(20);
+const RESUME_WINDOW_MS: &str = "2000";
 /// The backoff cap (docs/protocol.md: no reconnect waits 20 s) plus the time to connect.
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(25);
 /// How long the restart test keeps the server down: several reconnect attempts fail meanwhile.
@@ -71,7 +73,8 @@ async fn two_browsers_chat_over_a_direct_data_channel() -> Result<()> {
 async fn a_peer_that_goes_away_is_removed() -> Result<()> {
     require_loopback_only_network()?;
     let _one_at_a_time = BROWSERS.lock().await;
-    let server = SignalingServer::start(&[])?;
+    // A dropped connection waits for a resume this long before the others are told (30 s by default).
+    let server = SignalingServer::start(&["--resume-window-ms", RESUME_WINDOW_MS])?;
     let a = Browser::launch("stays").await?;
     let b = Browser::launch("goes").await?;
 
@@ -93,7 +96,8 @@ async fn a_peer_that_goes_away_is_removed() -> Result<()> {
     .await;
     keep_failure_artifacts(outcome, &[&a, &b], "navigate-away").await?;
 
-    // A killed browser says nothing; its socket closing is what tells the server.
+    // A killed browser says nothing; its socket closing tells the server, which announces it once the resume
+    // window has passed without a resume.
     let outcome = async {
         let (_, b_id) = connect_pair(&a, &b, &url).await?;
         Ok(b_id)

@@ -77,22 +77,24 @@ function join(room) {
 
   const render = () => ui.render(state());
   signaling.addEventListener('state', render);
-  signaling.addEventListener('transport', (e) => {
-    const { transport } = e.detail;
-    const fallback = !forced && transport !== signaling.transports[0];
-    if (fallback) ui.notice(`WebSocket unavailable: signaling over ${transportLabel(transport)}.`);
-    render();
-  });
+  signaling.addEventListener('transport', render);
+  /** "SSE + POST (WebSocket unavailable)": which transport, and whether it is a fallback. */
+  const over = () => {
+    const { transport, transports } = signaling;
+    const fallback = transport !== transports[0] ? ` (${transports.slice(0, transports.indexOf(transport))
+      .map(transportLabel).join(', ')} unavailable)` : '';
+    return `${transportLabel(transport)}${forced ? ' (forced)' : fallback}`;
+  };
   signaling.addEventListener('welcome', (e) => {
     if (e.detail.recovered === false) {
-      ui.notice('The signaling session could not be resumed: new peer id, connecting to the peers again.', { bad: true });
+      ui.notice(`The signaling session could not be resumed: new peer id, connecting to the peers again (over ${over()}).`, { bad: true });
     } else {
-      ui.notice(`Joined "${room}" over ${transportLabel(signaling.transport)}.`);
+      ui.notice(`Joined "${room}" over ${over()}.`);
     }
     render();
   });
   signaling.addEventListener('resumed', (e) => {
-    ui.notice(`Signaling resumed over ${transportLabel(signaling.transport)} (${e.detail.replayed} missed messages replayed).`);
+    ui.notice(`Signaling resumed over ${over()}: ${e.detail.replayed} missed messages replayed.`);
     render();
   });
   signaling.addEventListener('pong', (e) => { serverRttMs = e.detail.rttMs; });
