@@ -1,11 +1,12 @@
 //! The web demo when WebSockets are blocked: the real `signaling` binary offers only some transports (as
 //! behind a proxy that blocks the others, which answer 404), two separate headless Chromium processes fall
 //! back by themselves, with no delay, open a direct data channel through it and chat both ways. Also short
-//! polling, which is used only when the page asks for it (`?transport=shortpoll`).
+//! polling, which is used only when the page asks for it (`?transport=shortpoll`). On each, a dropped
+//! signaling connection resumes the session (same peer id, nobody told it left).
 //!
 //! Run inside a loopback-only network namespace (see `docs/testing.md`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use e2e::{
@@ -48,9 +49,14 @@ async fn the_demo_falls_back_to_sse_and_polling_and_chats() -> Result<()> {
             }
             demo_chat(&a, &a_id, &b, &format!("{expected}: a → b, héllo ✓")).await?;
             demo_chat(&b, &b_id, &a, &format!("{expected}: b → a")).await?;
+            let resume_ms = drop_and_resume(&a, &a_id, expected).await?;
+            // `b` heard no peer-left: `a` is still there under the same id.
+            let peers = b.eval(&format!("Object.keys(({DEMO_STATE})?.peers ?? {{}})")).await?;
+            ensure!(peers == serde_json::json!([a_id]), "b's peers after a's resume: {peers}");
             println!(
                 "--transports {transports} {query}: pages on {expected}; page load → welcome {a_join_ms} ms (a), \
-                 {b_join_ms} ms (b); b's load → channel ready both ways {ready_ms} ms"
+                 {b_join_ms} ms (b); b's load → channel ready both ways {ready_ms} ms; a dropped connection \
+                 resumed (same peer id) in {resume_ms} ms"
             );
             Ok(())
         }
@@ -62,4 +68,29 @@ async fn the_demo_falls_back_to_sse_and_polling_and_chats() -> Result<()> {
     a.close().await?;
     b.close().await?;
     Ok(())
+}
+
+/// Drops the page's signaling connection (as a network failure would) and waits until the session is resumed
+/// over `transport` with the same peer id; returns how long that took.
+async fn drop_and_resume(browser: &Browser, id: &str, transport: &str) -> Result<u128> {
+    let before = browser.eval(&format!("({DEMO_STATE})?.resumes")).await?;
+    let dropped = Instant::now();
+    browser
+        .execute("window.demo.dropSignaling();", Vec::new())
+        .await?;
+    browser
+        .wait_for(
+            &format!("a resume over {transport} keeping {id}"),
+            Duration::from_secs(10),
+            DEMO_STATE,
+            |state| {
+                let resumed = state.get("resumes")?.as_u64()? > before.as_u64()?
+                    && state.get("signaling")? == "open"
+                    && state.get("transport")? == transport
+                    && state.get("peerId")? == id;
+                resumed.then_some(())
+            },
+        )
+        .await?;
+    Ok(dropped.elapsed().as_millis())
 }

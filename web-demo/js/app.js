@@ -17,6 +17,7 @@ const timings = { welcomeAt: null, openAt: {}, dcOpenAt: {} };
 /** @type {{room: string, signaling: SignalingClient, mesh: Mesh} | null} */
 let session = null;
 let serverRttMs = null;
+let resumes = 0;
 
 const ui = createUi({
   onJoin: (room) => {
@@ -53,6 +54,7 @@ function state() {
     transport: session?.signaling.transport ?? null, // "ws" | "sse" | "longpoll" | "shortpoll"
     forcedTransport: session?.forced ?? null,
     serverRttMs,
+    resumes, // sessions resumed after a drop (`resumed` messages)
     peers: session?.mesh.snapshot() ?? {},
     received: session ? [...session.mesh.received] : [],
     earlyReceived: session?.mesh.earlyReceived ?? 0,
@@ -94,6 +96,7 @@ function join(room) {
     render();
   });
   signaling.addEventListener('resumed', (e) => {
+    resumes += 1;
     ui.notice(`Signaling resumed over ${over()}: ${e.detail.replayed} missed messages replayed.`);
     render();
   });
@@ -128,6 +131,8 @@ function randomRoom() {
 
 window.demo = {
   state,
+  // Drops the signaling connection as a network failure would; the client resumes by itself.
+  dropSignaling: () => session?.signaling.dropConnection(),
   send: sendChat,
   timings,
 };

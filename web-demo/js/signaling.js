@@ -101,6 +101,14 @@ export class SignalingClient extends EventTarget {
     this.#attemptNow();
   }
 
+  /**
+   * Drops the current connection as a network failure would (no `leave`, no normal close), so the client
+   * resumes at once. For tests and for trying resume out by hand.
+   */
+  dropConnection() {
+    this.#drop(4000, 'dropped by the page');
+  }
+
   /** Leaves the room for good: sends `leave` (the server answers with close 1000) and stops reconnecting. */
   close() {
     this.#stopped = true;
