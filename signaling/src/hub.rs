@@ -99,21 +99,10 @@ impl Hub {
     /// Resumes the session holding `token` from the client's last `seq` (`after`), if it is still there, in
     /// `room`, and its gap can be filled; otherwise ends it and joins a new one that says `recovered: false`.
     pub fn resume(&self, room: &str, token: &str, after: u64) -> Result<Resumed, JoinError> {
-        self.resume_as(room, token, after, true)
-    }
-
-    /// Like [`resume`](Self::resume) but without queueing `resumed`: for polls, each of which "resumes" from
-    /// the last `seq` its client got.
-    pub fn continue_polling(&self, room: &str, token: &str, after: u64) -> Result<Resumed, JoinError> {
-        self.resume_as(room, token, after, false)
-    }
-
-    fn resume_as(&self, room: &str, token: &str, after: u64, announce: bool) -> Result<Resumed, JoinError> {
         protocol::validate_room(room).map_err(JoinError::BadRoom)?;
         let found = self.session(token).filter(|s| s.room() == room && s.close_code().is_none());
         if let Some(session) = found {
             match session.can_resume_from(after) {
-                Ok(()) if !announce => return Ok(Resumed::Same(session)),
                 Ok(()) => {
                     // Queued behind the missed messages, so the client knows when the gap is filled.
                     let received = session.received();

@@ -80,6 +80,8 @@ pub(super) async fn open_sse(base: &str, room: &str, start: &Start) -> Result<Li
                 }
             }
         }
+        // The stream ended without a close event: the connection dropped.
+        let _ = in_tx.send(Incoming::Failed).await;
     });
     Ok(Link::http(Transport::Sse, in_tx_for_link, in_rx, base, client, vec![reader]))
 }
@@ -128,7 +130,8 @@ pub(super) async fn open_poll(
                 return;
             }
             if token.is_empty() {
-                return; // nothing to poll with: the supervisor sees the link end and resumes or rejoins
+                let _ = in_tx.send(Incoming::Failed).await; // nothing to poll with: resume or rejoin
+                return;
             }
             if wait == Some(Duration::ZERO) {
                 tokio::time::sleep(interval).await;
@@ -139,6 +142,7 @@ pub(super) async fn open_poll(
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(error = %e, "poll failed");
+                    let _ = in_tx.send(Incoming::Failed).await;
                     return;
                 }
             };

@@ -236,6 +236,10 @@ pub async fn connect(
 }
 
 /// Joins `room` on `server`, trying `opts.transports` in order with no delay, and waits for `welcome`.
+///
+/// The session lives as long as the event receiver: drop it (or send `leave`) to leave the room; messages
+/// queued before are sent first, messages queued after may not be. Dropping every [`SignalingSender`] only
+/// means nothing more will be sent.
 pub async fn connect_with(
     server: &str,
     room: &str,
@@ -401,7 +405,7 @@ impl Supervisor {
             tokio::time::sleep(d).await;
         }
         loop {
-            if out_rx.is_closed() || in_tx.is_closed() {
+            if in_tx.is_closed() {
                 return None;
             }
             let start = match &self.session {
@@ -439,15 +443,16 @@ impl Supervisor {
     ) -> LinkEnd {
         let mut ping = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Set when we ping; cleared by anything from the server.
-        let mut pong_due: Option<Instant> = None;
+        // Set when we ping, and after a resume until `resumed` comes; cleared by anything from the server.
+        let mut pong_due: Option<Instant> = self.awaiting_resumed.then(|| Instant::now() + self.interval + self.timeout);
         let mut leaving = false;
         loop {
+            let senders_gone = out_rx.is_closed() && out_rx.is_empty();
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 incoming = link.rx.recv() => match incoming {
                     Some(Incoming::Envelope(env)) => {
-                        pong_due = None;
+                        pong_due = if self.awaiting_resumed { pong_due } else { None };
                         if !self.deliver(env, link, in_tx).await {
                             return LinkEnd::Lost;
                         }
@@ -463,7 +468,7 @@ impl Supervisor {
                         return if leaving { LinkEnd::Stop(None) } else { LinkEnd::Lost };
                     }
                 },
-                msg = out_rx.recv(), if !leaving && !self.awaiting_resumed => match msg {
+                msg = out_rx.recv(), if !leaving && !self.awaiting_resumed && !senders_gone => match msg {
                     Some(msg) => {
                         leaving = msg == ClientMessage::Leave;
                         if !self.send_new(msg, link) {
@@ -474,12 +479,19 @@ impl Supervisor {
                             let _ = self.send_new(ClientMessage::Ping { id: None }, link);
                         }
                     }
-                    None => {
-                        // Every handle dropped: leave, so the others hear at once rather than after a timeout.
-                        leaving = true;
-                        let _ = self.send_new(ClientMessage::Leave, link);
-                    }
+                    // Every sender dropped: nothing new to send, but the session goes on while its events are read.
+                    None => {}
                 },
+                _ = in_tx.closed(), if !leaving && !self.awaiting_resumed => {
+                    // Nobody reads the events any more: send what is still queued, then leave, so the others
+                    // hear at once rather than after a timeout.
+                    while let Ok(msg) = out_rx.try_recv() {
+                        let _ = self.send_new(msg, link);
+                    }
+                    leaving = true;
+                    pong_due = Some(Instant::now() + self.timeout);
+                    let _ = self.send_new(ClientMessage::Leave, link);
+                }
                 _ = ping.tick(), if !leaving && !self.awaiting_resumed => {
                     if pong_due.is_none() {
                         pong_due = Some(Instant::now() + self.timeout);

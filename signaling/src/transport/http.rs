@@ -5,7 +5,7 @@
 //! client has (it arrives in its `welcome`).
 
 use super::Start;
-use crate::hub::{Flow, Hub, JoinError, Resumed};
+use crate::hub::{Flow, Hub, JoinError};
 use crate::session::Session;
 use protocol::{ClientEnvelope, CloseCode, CloseNotice, ErrorCode, HttpError};
 use std::sync::Arc;
@@ -85,10 +85,12 @@ pub async fn poll(room: String, auth: Option<String>, q: PollQuery, hub: Arc<Hub
     let joined = match (&q.resume, bearer(auth.as_deref())) {
         (Some(token), _) => Start::Resume { token: token.clone(), after: q.after }.run(&hub, &room).map(|(s, a)| (s, a, false)),
         (None, None) => hub.join(&room).map(|s| (s, 0, false)),
-        (None, Some(token)) => hub.continue_polling(&room, token, q.after).map(|r| match r {
-            Resumed::Same(s) => (s, q.after, true),
-            Resumed::Fresh(s) => (s, 0, false),
-        }),
+        // A plain poll never starts a session: a client whose session is gone (it left, or was timed out)
+        // hears so, and resumes explicitly (`resume=`) if it wants to go on.
+        (None, Some(token)) => match hub.session(token) {
+            Some(s) if s.room() == room && s.close_code().is_none() => Ok((s, q.after, true)),
+            _ => return error(StatusCode::NOT_FOUND, ErrorCode::SessionExpired, "no such session (expired or ended)"),
+        },
     };
     let (session, after, may_wait) = match joined {
         Ok(j) => j,
