@@ -42,6 +42,11 @@ impl TestServer {
         TestServer { addr, stop: Some(stop), task: Some(task) }
     }
 
+    /// A handle on a server another `TestServer` runs (for use from a spawned task); stops nothing.
+    pub fn attach(addr: SocketAddr) -> Self {
+        TestServer { addr, stop: None, task: None }
+    }
+
     pub fn ws_url(&self, room: &str) -> String {
         format!("ws://{}/v1/rooms/{room}/ws", self.addr)
     }
