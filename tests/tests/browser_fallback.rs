@@ -8,7 +8,11 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+
 use anyhow::{Result, ensure};
+use peer::{Event, Payload, Peer, PeerConfig};
 use e2e::{
     Browser, DEMO_STATE, SignalingServer, demo_chat, demo_join, demo_wait_ready,
     keep_failure_artifacts, require_loopback_only_network,
@@ -49,6 +53,9 @@ async fn the_demo_falls_back_to_sse_and_polling_and_chats() -> Result<()> {
             }
             demo_chat(&a, &a_id, &b, &format!("{expected}: a → b, héllo ✓")).await?;
             demo_chat(&b, &b_id, &a, &format!("{expected}: b → a")).await?;
+            if query.is_empty() {
+                native_joins_the_browsers(server.url(), &url, &[&a_id, &b_id], expected).await?;
+            }
             let resume_ms = drop_and_resume(&a, &a_id, expected).await?;
             // `b` heard no peer-left: `a` is still there under the same id.
             let peers = b.eval(&format!("Object.keys(({DEMO_STATE})?.peers ?? {{}})")).await?;
@@ -67,6 +74,40 @@ async fn the_demo_falls_back_to_sse_and_polling_and_chats() -> Result<()> {
     }
     a.close().await?;
     b.close().await?;
+    Ok(())
+}
+
+/// A native `peer` (default options: WebSocket first) joins the pages' room through the same restricted server,
+/// falls back to the same transport, and opens a data channel with each page; each page's readiness `hello`
+/// reaches it over that channel.
+async fn native_joins_the_browsers(server: &str, page_url: &str, browsers: &[&str], transport: &str) -> Result<()> {
+    let room = page_url.rsplit("#room=").next().unwrap_or_default();
+    let mut cfg = PeerConfig::new(server, room);
+    cfg.bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let (native, mut events) = Peer::connect(cfg).await?;
+    ensure!(native.transport().as_str() == transport, "native peer on {}, expected {transport}", native.transport());
+    let mut open = HashSet::new();
+    let mut heard = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while open.len() < browsers.len() || heard.len() < browsers.len() {
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("native over {transport}: channels open to {open:?}, hello from {heard:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("native peer's events ended"))?;
+        match ev {
+            Event::ChannelOpen { peer, .. } => {
+                open.insert(peer);
+            }
+            Event::Message { peer, payload: Payload::Text(t), .. } if t.contains("\"hello\"") => {
+                heard.insert(peer);
+            }
+            _ => {}
+        }
+    }
+    let expected: HashSet<String> = browsers.iter().map(|s| s.to_string()).collect();
+    ensure!(open == expected && heard == expected, "native: open {open:?}, heard {heard:?}, browsers {expected:?}");
+    println!("native peer over {transport}: data channels open with both pages, their hello received");
+    native.close().await;
     Ok(())
 }
 

@@ -382,7 +382,7 @@ impl Supervisor {
                     true
                 }
             };
-            link = match self.reconnect(backoff_first, &mut out_rx, &in_tx).await {
+            link = match self.reconnect(backoff_first, &in_tx).await {
                 Some(l) => l,
                 None => return, // the user is gone
             };
@@ -391,12 +391,7 @@ impl Supervisor {
     }
 
     /// Reconnects (resuming if it can) until it succeeds; `None` if the user dropped every handle meanwhile.
-    async fn reconnect(
-        &mut self,
-        backoff_first: bool,
-        out_rx: &mut mpsc::UnboundedReceiver<ClientMessage>,
-        in_tx: &mpsc::Sender<SignalingEvent>,
-    ) -> Option<Link> {
+    async fn reconnect(&mut self, backoff_first: bool, in_tx: &mpsc::Sender<SignalingEvent>) -> Option<Link> {
         let mut attempt = 0u32;
         if backoff_first {
             let d = self.next_delay(attempt);
