@@ -45,6 +45,30 @@ pub struct Rtt {
     pub min_us: f64,
     /// Microseconds.
     pub max_us: f64,
+    /// One way, A's send → B's receive (same monotonic clock, both ends in this process), microseconds.
+    #[serde(default)]
+    pub one_way_p50_us: Option<f64>,
+    /// Microseconds.
+    #[serde(default)]
+    pub one_way_p99_us: Option<f64>,
+}
+
+/// What the separate server process spent on a throughput phase (relayed techniques), per delivered message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerCost {
+    /// Messages B received over the phase.
+    pub delivered: u64,
+    /// Server user + system CPU per delivered message (µs; the clock ticks every 10 ms, so short phases are coarse).
+    pub cpu_us_per_msg: f64,
+    /// Server CPU time / phase wall time.
+    pub cpu_cores: f64,
+    /// TCP payload bytes the server sent per delivered message (pushes, HTTP responses, heartbeats).
+    pub bytes_out_per_msg: f64,
+    /// TCP payload bytes the server received per delivered message (client messages, HTTP requests).
+    #[serde(default)]
+    pub bytes_in_per_msg: f64,
+    /// HTTP requests the server routed per delivered message (POSTs, polls; a WebSocket counts once).
+    pub requests_per_msg: f64,
 }
 
 /// One-way throughput of one message size.
@@ -72,6 +96,9 @@ pub struct Throughput {
     pub cpu_cores: Option<f64>,
     /// Change in `Udp: RcvbufErrors` (/proc/net/snmp) over the phase: datagrams the kernel dropped.
     pub udp_rcvbuf_errors: Option<u64>,
+    /// Server process cost, for techniques that go through one.
+    #[serde(default)]
+    pub server: Option<ServerCost>,
 }
 
 /// Connects `joins` fresh links and closes each; returns the setup times (ms).
@@ -105,11 +132,15 @@ fn seq_of(m: &[u8]) -> Option<u64> {
 }
 
 /// A sends a message with a sequence number, B echoes it whole, A waits for that number (skipping stale
-/// echoes of rounds that timed out). Each round uses a fresh buffer, built before the clock starts.
+/// echoes of rounds that timed out). Each round uses a fresh buffer, built before the clock starts. B notes
+/// when each message reached it, which gives the one-way latency on the same clock.
 pub async fn rtt(tech: &dyn Technique, size: usize, p: &Params) -> anyhow::Result<Rtt> {
     let Link { mut a_tx, mut a_rx, mut b_tx, mut b_rx, close, .. } = tech.connect().await?;
+    // B notes when each message arrived, on the same clock as A's send.
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<(Option<u64>, Instant)>();
     let echo = tokio::spawn(async move {
         while let Some(m) = b_rx.recv().await {
+            let _ = arrived_tx.send((seq_of(&m), Instant::now()));
             if b_tx.send(m).await.is_err() {
                 break;
             }
@@ -118,9 +149,19 @@ pub async fn rtt(tech: &dyn Technique, size: usize, p: &Params) -> anyhow::Resul
     let timeout = Duration::from_millis(p.rtt_timeout_ms);
     let template = message(size, 0);
     let mut samples = Vec::with_capacity(p.rtt_rounds);
+    let mut one_way = Vec::with_capacity(p.rtt_rounds);
     let mut lost = 0;
     let result: anyhow::Result<()> = async {
+        // A technique that delivers on a poll timer would otherwise lock its echoes to the timer's phase: wait a
+        // random part of an interval before each round, as an application's messages come at any time.
+        let mut rng = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
         for seq in 0..(p.rtt_warmup + p.rtt_rounds) as u64 {
+            if let Some(interval) = tech.poll_interval() {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                tokio::time::sleep(interval.mul_f64((rng % 1000) as f64 / 1000.0)).await;
+            }
             let mut m = BytesMut::from(&template[..]);
             m[..8].copy_from_slice(&seq.to_le_bytes());
             let m = m.freeze();
@@ -140,9 +181,18 @@ pub async fn rtt(tech: &dyn Technique, size: usize, p: &Params) -> anyhow::Resul
                     Err(_) => break None,
                 }
             };
+            let mut reached_b = None;
+            while let Ok((s, at)) = arrived.try_recv() {
+                if s == Some(seq) {
+                    reached_b = Some(at.saturating_duration_since(started));
+                }
+            }
             if seq >= p.rtt_warmup as u64 {
                 match answered {
-                    Some(d) => samples.push(d),
+                    Some(d) => {
+                        samples.push(d);
+                        one_way.extend(reached_b);
+                    }
                     None => lost += 1,
                 }
             }
@@ -163,6 +213,8 @@ pub async fn rtt(tech: &dyn Technique, size: usize, p: &Params) -> anyhow::Resul
     if us.is_empty() {
         bail!("no round trip answered ({lost} lost)");
     }
+    let mut ow: Vec<f64> = one_way.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    ow.sort_by(f64::total_cmp);
     Ok(Rtt {
         n: us.len(),
         lost,
@@ -170,6 +222,8 @@ pub async fn rtt(tech: &dyn Technique, size: usize, p: &Params) -> anyhow::Resul
         p99_us: stats::percentile(&us, 99.0),
         min_us: us[0],
         max_us: us[us.len() - 1],
+        one_way_p50_us: (!ow.is_empty()).then(|| stats::percentile(&ow, 50.0)),
+        one_way_p99_us: (!ow.is_empty()).then(|| stats::percentile(&ow, 99.0)),
     })
 }
 
@@ -187,6 +241,10 @@ pub async fn throughput(tech: &dyn Technique, size: usize, p: &Params) -> anyhow
     let sent = Arc::new(AtomicU64::new(0));
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
     let udp_before = sys::udp_rcvbuf_errors();
+    let server_before = match tech.server() {
+        Some(s) => s.stats().await.map(|st| (Instant::now(), st)),
+        None => None,
+    };
     let receiver = {
         let sent = sent.clone();
         tokio::spawn(async move {
@@ -249,6 +307,21 @@ pub async fn throughput(tech: &dyn Technique, size: usize, p: &Params) -> anyhow
     let _ = done_tx.send(true);
     let (received, win_bytes, win_msgs, last, b_rx) = receiver.await.context("receiver task")?;
     let udp_after = sys::udp_rcvbuf_errors();
+    let server = match (tech.server(), server_before) {
+        (Some(s), Some((w0, before))) => s.stats().await.map(|after| {
+            let delivered = received.max(1) as f64;
+            let cpu = after.cpu_s - before.cpu_s;
+            ServerCost {
+                delivered: received,
+                cpu_us_per_msg: cpu * 1e6 / delivered,
+                cpu_cores: cpu / w0.elapsed().as_secs_f64(),
+                bytes_out_per_msg: after.tcp_out.saturating_sub(before.tcp_out) as f64 / delivered,
+                bytes_in_per_msg: after.tcp_in.saturating_sub(before.tcp_in) as f64 / delivered,
+                requests_per_msg: after.requests.saturating_sub(before.requests) as f64 / delivered,
+            }
+        }),
+        _ => None,
+    };
     drop((a_tx, a_rx, b_tx, b_rx));
     close.await;
     send_result?;
@@ -276,5 +349,6 @@ pub async fn throughput(tech: &dyn Technique, size: usize, p: &Params) -> anyhow
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         },
+        server,
     })
 }

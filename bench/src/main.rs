@@ -1,12 +1,16 @@
 //! `bench`: how fast messages move between two endpoints, per technique, on this machine.
 //!
-//! `bench p2p` (the default) starts a signaling server in-process on 127.0.0.1:0 and measures direct WebRTC
-//! data channels between two native `peer::Peer`s (reliable and unreliable) next to a raw TCP loopback
-//! baseline: setup time, echo RTT p50/p99 and one-way throughput, per message size. See docs/benchmarks.md.
+//! `bench` (= `bench all`) measures, in one run and one table: a raw TCP loopback baseline; direct WebRTC
+//! data channels between two native `peer::Peer`s (reliable and unreliable) that meet through a signaling
+//! server started in-process; and messages relayed by a signaling server (a child process, so its cost can be
+//! read apart) over WebSocket, SSE + POST, long polling and short polling. Per message size: setup time,
+//! echo RTT and one-way latency, throughput, and for relayed rows the server's CPU, bytes and HTTP requests
+//! per delivered message. `bench p2p` and `bench relay` run one half. See docs/benchmarks.md.
 
 mod harness;
 mod link;
 mod report;
+mod server;
 mod stats;
 mod sys;
 mod technique;
@@ -16,11 +20,12 @@ use clap::{Args, Parser, Subcommand};
 use harness::Params;
 use report::{Report, Row, TechniqueInfo};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use technique::Technique;
 
 #[derive(Debug, Parser)]
-#[command(name = "bench", about = "Message latency and throughput per technique (P2P data channels vs raw TCP)")]
+#[command(name = "bench", about = "Message latency, throughput and server cost per technique (TCP, P2P data channels, server relay)")]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -30,8 +35,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Direct data channels (reliable, unreliable) vs a raw TCP loopback baseline (the default).
+    /// Every technique: TCP baseline, P2P data channels, server relay on every transport (the default).
+    All,
+    /// Direct data channels (reliable, unreliable) vs a raw TCP loopback baseline.
     P2p,
+    /// Server-relayed messages over WebSocket, SSE, long polling and short polling (1 s, 250 ms).
+    Relay,
+    /// The signaling server of the relayed techniques (run by the benchmark itself as a child process).
+    #[command(hide = true)]
+    ServeSignaling,
     /// Combines the `--json` files of several runs into one table (median and range per row).
     Merge {
         /// JSON reports written by `--json`.
@@ -42,7 +54,7 @@ enum Cmd {
 
 #[derive(Debug, Clone, Args)]
 struct Opts {
-    /// Small counts: finishes in well under 30 s (release build, 2 cores).
+    /// Small counts: finishes in under 2 minutes (release build, 2 cores).
     #[arg(long, global = true)]
     quick: bool,
     /// Minimal counts, for the smoke test: only proves every row can be measured.
@@ -150,6 +162,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(Cmd::ServeSignaling) = &cli.cmd {
+        return server::serve_main();
+    }
     if let Some(Cmd::Merge { files }) = &cli.cmd {
         let mut reports = Vec::new();
         for f in files {
@@ -175,9 +190,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let started = Instant::now();
     let started_unix =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let suite = match cli.cmd.unwrap_or(Cmd::P2p) {
+    let suite = match cli.cmd.unwrap_or(Cmd::All) {
+        Cmd::All => "all",
         Cmd::P2p => "p2p",
-        Cmd::Merge { .. } => unreachable!("handled in main"),
+        Cmd::Relay => "relay",
+        Cmd::Merge { .. } | Cmd::ServeSignaling => unreachable!("handled in main"),
     };
 
     // The signaling server, in-process on an ephemeral loopback port.
@@ -190,9 +207,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         let _ = stopped.await;
     }));
 
-    let mut techniques = technique::p2p_suite(&env);
+    // The relays' server: a child process (this binary), so its CPU time and writes are its own.
+    let relay_server = if suite == "p2p" { None } else { Some(Arc::new(server::ServerProc::start().await?)) };
+    let mut techniques = if suite == "relay" { Vec::new() } else { technique::p2p_suite(&env) };
+    if let Some(rs) = &relay_server {
+        techniques.extend(technique::relay_suite(&env, rs));
+    }
     if let Some(only) = &cli.opts.only {
-        let known: Vec<&str> = technique::all(&env).iter().map(|t| t.name()).collect();
+        let known: Vec<&str> = techniques.iter().map(|t| t.name()).collect();
         for name in only {
             anyhow::ensure!(known.contains(&name.as_str()), "unknown technique {name:?}; known: {known:?}");
         }
@@ -205,6 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut ok = true;
     for tech in &techniques {
         let tech: &dyn Technique = tech.as_ref();
+        let params = scaled(tech, &params, cli.opts.mode());
         eprint!("{}: setup ×{} … ", tech.name(), params.joins);
         let setup = harness::setup(tech, &params).await;
         let (setup_ms, setup_err) = match setup {
@@ -259,6 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
     let _ = stop.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server_task).await;
+    drop(relay_server);
 
     let mut machine = machine;
     machine.load_end = sys::load1();
@@ -270,7 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         started_unix,
         elapsed_s: started.elapsed().as_secs_f64(),
         machine,
-        params,
+        params: params.clone(),
         techniques: techniques
             .iter()
             .map(|t| TechniqueInfo {
@@ -278,6 +302,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 description: t.description().into(),
                 setup_means: t.setup_means().into(),
                 max_message: t.max_message(),
+                counts: t.poll_interval().map(|_| {
+                    let q = scaled(t.as_ref(), &params, cli.opts.mode());
+                    format!(
+                        "{} joins, {} + {} echoes (lost after {} ms), {} s window, sizes {:?}",
+                        q.joins, q.rtt_warmup, q.rtt_rounds, q.rtt_timeout_ms, q.tput_secs, q.sizes
+                    )
+                }),
             })
             .collect(),
         skipped,
@@ -290,6 +321,32 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         eprintln!("wrote {}", path.display());
     }
     Ok(ok)
+}
+
+/// The counts for one technique: a technique that delivers on a poll timer (short polling) gets fewer round
+/// trips, more time per round trip, a throughput window of at least two polls, and in `--tiny` mode only the
+/// first message size, so that every row fits the run's time budget.
+fn scaled(tech: &dyn Technique, p: &Params, mode: &str) -> Params {
+    let Some(interval) = tech.poll_interval() else { return p.clone() };
+    let mut q = p.clone();
+    let (rtt_budget, joins) = match mode {
+        "tiny" => (Duration::from_millis(500), 1),
+        "quick" => (Duration::from_millis(4500), 3),
+        _ => (Duration::from_secs(20), p.joins),
+    };
+    // A round trip waits for about one poll interval (half of one on each side, on average), after a random
+    // pause of half of one on average (see `harness::rtt`).
+    let rounds = (rtt_budget.as_secs_f64() / (1.5 * interval.as_secs_f64())).floor() as usize;
+    q.joins = q.joins.min(joins);
+    q.rtt_warmup = q.rtt_warmup.min(if mode == "tiny" { 0 } else { 1 });
+    q.rtt_rounds = q.rtt_rounds.min(rounds.max(if mode == "tiny" { 1 } else { 2 }));
+    q.rtt_timeout_ms = q.rtt_timeout_ms.max(4 * interval.as_millis() as u64 + 1000);
+    if mode != "tiny" {
+        q.tput_secs = q.tput_secs.max(2.0 * interval.as_secs_f64());
+    } else {
+        q.sizes.truncate(1);
+    }
+    q
 }
 
 /// Quotes an argument for display only when the shell would need it.

@@ -36,6 +36,9 @@ pub struct TechniqueInfo {
     pub setup_means: String,
     /// Largest message, if limited.
     pub max_message: Option<usize>,
+    /// Counts of its own when they differ from the run's (short polling), in words.
+    #[serde(default)]
+    pub counts: Option<String>,
 }
 
 /// A whole run.
@@ -93,30 +96,38 @@ fn int(v: u64) -> String {
 }
 
 /// The header of the table (also what the smoke test looks for).
-pub const HEADER: &str = "| technique | msg bytes | frames/msg | setup ms median (min–max) | RTT p50 µs | RTT p99 µs | RTT lost | MB/s | msg/s | loss % | CPU cores | send stalled % (max ms) | UDP drops |";
+pub const HEADER: &str = "| technique | msg bytes | frames/msg | setup ms median (min–max) | RTT p50 µs | RTT p99 µs | one-way p50 (p99) µs | RTT lost | MB/s | msg/s | loss % | CPU cores | send stalled % (max ms) | UDP drops |";
+
+/// The header of the server-cost table (relayed rows).
+pub const COST_HEADER: &str = "| technique | msg bytes | delivered | server CPU µs/msg | server CPU cores | server bytes in/msg | server bytes out/msg | (in + out) / payload | HTTP requests/msg |";
 
 impl Report {
     /// The Markdown table alone.
     pub fn table(&self) -> String {
         let mut s = String::new();
         writeln!(s, "{HEADER}").unwrap();
-        writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|").unwrap();
+        writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|").unwrap();
         for r in &self.rows {
             let setup = opt(r.setup_ms.as_ref(), |s| format!("{} ({}–{})", num(s.median), num(s.min), num(s.max)));
             let (p50, p99, lost) = match &r.rtt {
                 Some(x) => (num(x.p50_us), num(x.p99_us), x.lost.to_string()),
                 None => ("–".into(), "–".into(), "–".into()),
             };
+            let one_way = match r.rtt.as_ref().map(|x| (x.one_way_p50_us, x.one_way_p99_us)) {
+                Some((Some(a), Some(b))) => format!("{} ({})", num(a), num(b)),
+                _ => "–".into(),
+            };
             let t = r.throughput.as_ref();
             writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.technique,
                 int(r.size as u64),
                 r.frames,
                 setup,
                 p50,
                 p99,
+                one_way,
                 lost,
                 opt(t, |t| num(t.mb_per_s)),
                 opt(t, |t| int(t.msg_per_s.round() as u64)),
@@ -124,6 +135,35 @@ impl Report {
                 opt(t.and_then(|t| t.cpu_cores), |c| format!("{c:.2}")),
                 opt(t, |t| format!("{:.1} ({})", t.send_stalled_pct, num(t.send_max_ms))),
                 opt(t.and_then(|t| t.udp_rcvbuf_errors), |u| u.to_string()),
+            )
+            .unwrap();
+        }
+        s
+    }
+
+    /// The server-cost table of the rows that went through the server process (empty if none did).
+    pub fn cost_table(&self) -> String {
+        let mut s = String::new();
+        let rows: Vec<_> =
+            self.rows.iter().filter_map(|r| Some((r, r.throughput.as_ref()?.server.as_ref()?))).collect();
+        if rows.is_empty() {
+            return s;
+        }
+        writeln!(s, "{COST_HEADER}").unwrap();
+        writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|").unwrap();
+        for (r, c) in rows {
+            writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.2} | {} | {} | {:.2} | {:.3} |",
+                r.technique,
+                int(r.size as u64),
+                int(c.delivered),
+                num(c.cpu_us_per_msg),
+                c.cpu_cores,
+                int(c.bytes_in_per_msg.round() as u64),
+                int(c.bytes_out_per_msg.round() as u64),
+                (c.bytes_in_per_msg + c.bytes_out_per_msg) / r.size as f64,
+                c.requests_per_msg,
             )
             .unwrap();
         }
@@ -167,6 +207,9 @@ impl Report {
         s.push('\n');
         for t in &self.techniques {
             writeln!(s, "- **{}**: {}. Setup = {}.", t.name, t.description, t.setup_means).unwrap();
+            if let Some(c) = &t.counts {
+                writeln!(s, "  Its own counts (it delivers on a poll timer): {c}.").unwrap();
+            }
         }
         for (t, size, why) in &self.skipped {
             writeln!(s, "- not measured: {t} with {} B messages ({why}).", int(*size as u64)).unwrap();
@@ -175,9 +218,25 @@ impl Report {
             s,
             "- MB = 10^6 payload bytes, counted by the receiver inside the window; loss % = 1 − received/sent over \
              warm-up + window; CPU cores = process CPU time / window (both ends run in this process); send stalled = share of the sending phase spent in `send` \
-             calls of ≥ 1 ms (waiting for buffer space), with the longest one; UDP drops = change in `Udp: RcvbufErrors` during the throughput phase."
+             calls of ≥ 1 ms (waiting for buffer space), with the longest one; UDP drops = change in `Udp: RcvbufErrors` during the throughput phase. \
+             One-way = A's send → B's receive on the same clock, from the RTT rounds. Relayed messages are base64 in a JSON \
+             string, at most 128 in flight per direction."
         )
         .unwrap();
+        let cost = self.cost_table();
+        if !cost.is_empty() {
+            writeln!(s, "\nServer cost over each relayed throughput phase (warm-up + window + drain), per message B received:\n").unwrap();
+            s.push_str(&cost);
+            writeln!(
+                s,
+                "\n- The server is a separate process (`bench serve-signaling`: the signaling crate's hub and routes). CPU = its \
+                 utime + stime (/proc, 10 ms ticks); bytes = TCP payload bytes received / sent on its sockets \
+                 (`TCP_INFO` bytes_received / bytes_acked; headers of TCP/IP not included), so HTTP headers, JSON, base64, \
+                 acknowledgements and heartbeats are in; a payload byte relayed once costs ≥ 2 (in and out); HTTP requests = \
+                 requests it routed (a WebSocket counts once, at its upgrade, before the phase)."
+            )
+            .unwrap();
+        }
         for r in &self.rows {
             for e in &r.errors {
                 writeln!(s, "- ERROR {} {} B: {e}", r.technique, r.size).unwrap();

@@ -6,10 +6,13 @@
 //! [`all`]. The harness measures setup, RTT and throughput identically for every technique.
 
 pub mod p2p;
+pub mod relay;
 pub mod tcp;
 
 use crate::link::{BoxFut, Link};
+use crate::server::ServerProc;
 use std::sync::Arc;
+use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What techniques share: the in-process signaling server and fresh room names.
@@ -55,6 +58,14 @@ pub trait Technique: Send + Sync {
     fn lossy(&self) -> bool {
         false
     }
+    /// The separate server process this technique goes through, whose cost the harness then reads.
+    fn server(&self) -> Option<&ServerProc> {
+        None
+    }
+    /// A fixed delay between deliveries (short polling): the harness scales its counts to it.
+    fn poll_interval(&self) -> Option<Duration> {
+        None
+    }
     /// Builds a fresh connected pair.
     fn connect(&self) -> BoxFut<'_, anyhow::Result<Link>>;
 }
@@ -68,7 +79,7 @@ pub fn p2p_suite(env: &Arc<Env>) -> Vec<Box<dyn Technique>> {
     ]
 }
 
-/// Every known technique (the `p2p` suite today; relayed techniques join here).
-pub fn all(env: &Arc<Env>) -> Vec<Box<dyn Technique>> {
-    p2p_suite(env)
+/// The server-relayed techniques (WebSocket, SSE, long and short polling) through `server`.
+pub fn relay_suite(env: &Arc<Env>, server: &Arc<ServerProc>) -> Vec<Box<dyn Technique>> {
+    relay::Relay::all(env, server).into_iter().map(|t| Box::new(t) as Box<dyn Technique>).collect()
 }
