@@ -4,7 +4,7 @@
 use crate::session::{Session, SessionIo};
 use dashmap::DashMap;
 use protocol::{
-    ClientMessage, CloseCode, ErrorCode, Heartbeat, IceServer, LeaveReason, Limits, PeerId, ServerMessage, Welcome,
+    ClientMessage, CloseCode, ErrorCode, Heartbeat, LeaveReason, Limits, PeerId, ServerMessage, Welcome,
     PROTOCOL_VERSION,
 };
 use std::sync::Arc;
@@ -19,8 +19,8 @@ pub struct HubConfig {
     pub heartbeat: Heartbeat,
     /// Queue capacity per session.
     pub outbox: usize,
-    /// ICE servers handed to every session.
-    pub ice_servers: Vec<IceServer>,
+    /// ICE servers handed to every session, TURN credentials minted per session.
+    pub ice_servers: crate::ice::IceServers,
 }
 
 /// Why a join was refused.
@@ -96,7 +96,7 @@ impl Hub {
             peer_id: session.peer_id().to_owned(),
             room: room.to_owned(),
             peers: members.iter().map(|m| m.peer_id().to_owned()).collect(),
-            ice_servers: self.cfg.ice_servers.clone(),
+            ice_servers: self.cfg.ice_servers.for_peer(session.peer_id()),
             heartbeat: self.cfg.heartbeat,
             limits: self.cfg.limits,
         });
@@ -217,7 +217,7 @@ mod tests {
             limits: Limits { max_message_bytes: 65536, max_peers },
             heartbeat: Heartbeat { interval_ms: 1000, timeout_ms: 500 },
             outbox: 16,
-            ice_servers: vec![],
+            ice_servers: Default::default(),
         })
     }
 

@@ -12,6 +12,7 @@ pub fn routes(
     web: WebRoot,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     let max = hub.config().limits.max_message_bytes;
+    let hub_for_ice = hub.clone();
     let with_hub = warp::any().map(move || hub.clone());
 
     // GET /v1/rooms/{room}/ws. The room is validated after the upgrade, so a browser can read why it was refused.
@@ -23,6 +24,8 @@ pub fn routes(
                 .max_frame_size(max * HARD_LIMIT_FACTOR)
                 .on_upgrade(move |socket| crate::transport::ws::serve(socket, room, hub))
         });
+
+    let ice = crate::ice::route(hub_for_ice);
 
     let healthz = warp::path!("healthz").and(warp::get()).and(with_hub).map(|hub: Arc<Hub>| {
         warp::reply::json(&serde_json::json!({
@@ -38,5 +41,5 @@ pub fn routes(
         .and(warp::path::tail())
         .map(move |tail: warp::path::Tail| web.respond(tail.as_str()));
 
-    ws.or(healthz).or(web).with(warp::trace::request())
+    ws.or(healthz).or(ice).or(web).with(warp::trace::request())
 }
