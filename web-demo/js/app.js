@@ -8,6 +8,8 @@ const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
 const RENDER_INTERVAL_MS = 1000;
 
 const probeEarly = new URLSearchParams(location.search).get('probe') === 'early';
+// `?relay=only`: TURN relays only (for tests, and for anyone who does not want peers to see their address).
+const relayOnly = new URLSearchParams(location.search).get('relay') === 'only';
 // Filled in by the mesh; created here so `window.demo.timings` exists before the first join.
 const timings = { welcomeAt: null, openAt: {}, dcOpenAt: {} };
 
@@ -56,7 +58,7 @@ function join(room) {
     return;
   }
   const signaling = new SignalingClient(room);
-  const mesh = new Mesh(signaling, { probeEarly, timings });
+  const mesh = new Mesh(signaling, { probeEarly, timings, relayOnly });
   session = { room, signaling, mesh };
   ui.showSession(room);
 
