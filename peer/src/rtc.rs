@@ -9,8 +9,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
-    RTCIceServer, SettingEngineBuilder,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfiguration, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
 use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, Runtime, TokioRuntime,
@@ -40,21 +40,45 @@ pub struct PcSettings {
     pub bind: IpAddr,
     /// SO_RCVBUF / SO_SNDBUF for the UDP sockets.
     pub udp_buffer: usize,
-    /// ICE servers from `welcome`.
+    /// ICE servers from `welcome` (or the application), refreshed before their credentials expire.
     pub ice_servers: Vec<IceServer>,
+    /// Gather relay candidates only (`iceTransportPolicy: "relay"`).
+    pub relay_only: bool,
+}
+
+/// The ICE part of a connection's configuration: the servers webrtc-rs can use, and the transport policy.
+/// Also applied with `set_configuration` when credentials are refreshed (it takes effect at the next gathering).
+pub fn configuration(settings: &PcSettings) -> RTCConfiguration {
+    let ice_servers = crate::ice::usable_by_webrtc_rs(&settings.ice_servers)
+        .into_iter()
+        .map(|s| RTCIceServer {
+            urls: s.urls,
+            username: s.username.unwrap_or_default(),
+            credential: s.credential.unwrap_or_default(),
+        })
+        .collect();
+    let policy = if settings.relay_only { RTCIceTransportPolicy::Relay } else { RTCIceTransportPolicy::All };
+    RTCConfigurationBuilder::new().with_ice_servers(ice_servers).with_ice_transport_policy(policy).build()
+}
+
+/// The candidate types (`host`, `srflx`, `prflx`, `relay`) of the selected pair, local then remote.
+pub async fn selected_path(pc: &Pc) -> Option<(String, String)> {
+    let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
+    let pair_id = report.transport().map(|t| t.selected_candidate_pair_id.clone()).filter(|id| !id.is_empty())?;
+    let Some(RTCStatsReportEntry::IceCandidatePair(pair)) = report.get(&pair_id) else { return None };
+    let local = match report.get(&pair.local_candidate_id) {
+        Some(RTCStatsReportEntry::LocalCandidate(c)) => c.candidate_type.to_string(),
+        _ => return None,
+    };
+    let remote = match report.get(&pair.remote_candidate_id) {
+        Some(RTCStatsReportEntry::RemoteCandidate(c)) => c.candidate_type.to_string(),
+        _ => return None,
+    };
+    Some((local, remote))
 }
 
 /// Builds a peer connection with the settings we apply everywhere.
 pub async fn build_pc(settings: &PcSettings, handler: Arc<dyn PeerConnectionEventHandler>) -> Result<Pc, Error> {
-    let ice_servers = settings
-        .ice_servers
-        .iter()
-        .map(|s| RTCIceServer {
-            urls: s.urls.clone(),
-            username: s.username.clone().unwrap_or_default(),
-            credential: s.credential.clone().unwrap_or_default(),
-        })
-        .collect();
     let mut setting_engine = SettingEngineBuilder::new()
         .with_include_loopback_candidate(settings.bind.is_loopback())
         // With trickle ICE the remote's checks often arrive before its candidate does, so the first working
@@ -67,7 +91,7 @@ pub async fn build_pc(settings: &PcSettings, handler: Arc<dyn PeerConnectionEven
     }
     let setting_engine = setting_engine.build();
     let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build())
+        .with_configuration(configuration(settings))
         .with_setting_engine(setting_engine)
         .with_runtime(Arc::new(BufferedUdpRuntime { inner: TokioRuntime, bytes: settings.udp_buffer }))
         .with_handler(handler)

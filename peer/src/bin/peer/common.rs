@@ -20,6 +20,7 @@ pub struct Globals {
     pub room: String,
     pub bind: IpAddr,
     pub channel: String,
+    pub relay_only: bool,
 }
 
 /// Why a command failed: printed as `peer: <code>: <message>`, exits with `exit`.
@@ -56,6 +57,7 @@ impl From<peer::Error> for Failure {
 pub async fn connect(g: &Globals) -> Result<(Peer, mpsc::Receiver<Event>), Failure> {
     let mut cfg = PeerConfig::new(&g.server, &g.room);
     cfg.bind = g.bind;
+    cfg.relay_only = g.relay_only;
     cfg.channels = vec![ChannelOptions::reliable(&g.channel)];
     let (peer, events) = Peer::connect(cfg).await?;
     status(&format!("joined room {} as {}", g.room, peer.id()));

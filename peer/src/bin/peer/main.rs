@@ -35,6 +35,10 @@ struct Cli {
     #[arg(long, env = "PEER_CHANNEL", default_value = "chat", global = true)]
     channel: String,
 
+    /// Connect through the server's TURN relays only: the other peers never learn your addresses.
+    #[arg(long, env = "PEER_RELAY_ONLY", value_parser = clap::builder::BoolishValueParser::new(), global = true)]
+    relay_only: bool,
+
     /// Log filter for stderr (tracing-subscriber syntax). The default keeps webrtc-rs' chatter out.
     #[arg(long, env = "PEER_LOG", default_value = "error,peer=warn", global = true)]
     log: String,
@@ -91,7 +95,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let globals = Globals { server: cli.server, room, bind: cli.bind, channel: cli.channel };
+    let globals = Globals { server: cli.server, room, bind: cli.bind, channel: cli.channel, relay_only: cli.relay_only };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return report(Failure::runtime("io", format!("cannot start the runtime: {e}"))),
