@@ -12,6 +12,7 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfiguration, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
+use rtc::statistics::stats::ice_candidate_pair::RTCStatsIceCandidatePairState;
 use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, Runtime, TokioRuntime,
 };
@@ -64,17 +65,31 @@ pub fn configuration(settings: &PcSettings) -> RTCConfiguration {
 /// The candidate types (`host`, `srflx`, `prflx`, `relay`) of the selected pair, local then remote.
 pub async fn selected_path(pc: &Pc) -> Option<(String, String)> {
     let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
-    let pair_id = report.transport().map(|t| t.selected_candidate_pair_id.clone()).filter(|id| !id.is_empty())?;
-    let Some(RTCStatsReportEntry::IceCandidatePair(pair)) = report.get(&pair_id) else { return None };
-    let local = match report.get(&pair.local_candidate_id) {
-        Some(RTCStatsReportEntry::LocalCandidate(c)) => c.candidate_type.to_string(),
-        _ => return None,
-    };
-    let remote = match report.get(&pair.remote_candidate_id) {
-        Some(RTCStatsReportEntry::RemoteCandidate(c)) => c.candidate_type.to_string(),
-        _ => return None,
-    };
-    Some((local, remote))
+    let selected = report.transport().and_then(|t| match report.get(&t.selected_candidate_pair_id) {
+        Some(RTCStatsReportEntry::IceCandidatePair(pair)) => Some(pair),
+        _ => None,
+    });
+    // The transport does not always name its selected pair (e.g. over a relay); the nominated working pair is it.
+    let pair = selected.or_else(|| {
+        report.candidate_pairs().find(|p| p.nominated && p.state == RTCStatsIceCandidatePairState::Succeeded)
+    })?;
+    // webrtc-rs 0.21.1 names the pair's candidates `candidate:…` but their entries `RTCLocalIceCandidate_candidate:…`
+    // and `RTCRemoteIceCandidate_candidate:…`: accept both spellings.
+    let named = |id: &str, wanted: &str| id == wanted || id.strip_suffix(wanted).is_some_and(|p| p.ends_with('_'));
+    let mut local = None;
+    let mut remote = None;
+    for entry in report.iter() {
+        match entry {
+            RTCStatsReportEntry::LocalCandidate(c) if named(&c.stats.id, &pair.local_candidate_id) => {
+                local = Some(c.candidate_type.to_string());
+            }
+            RTCStatsReportEntry::RemoteCandidate(c) if named(&c.stats.id, &pair.remote_candidate_id) => {
+                remote = Some(c.candidate_type.to_string());
+            }
+            _ => {}
+        }
+    }
+    Some((local?, remote?))
 }
 
 /// Builds a peer connection with the settings we apply everywhere.
