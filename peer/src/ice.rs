@@ -93,11 +93,7 @@ mod tests {
     use super::*;
 
     fn server(urls: &[&str], user: Option<&str>) -> IceServer {
-        IceServer {
-            urls: urls.iter().map(|u| u.to_string()).collect(),
-            username: user.map(Into::into),
-            credential: user.map(|_| "pw".into()),
-        }
+        turn_config::ice_server(urls, user.map(|u| (u, "pw")))
     }
 
     #[test]

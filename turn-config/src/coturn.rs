@@ -33,6 +33,22 @@ pub const DENIED_PEER_RANGES: &[&str] = &[
     "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
 ];
 
+/// Options every generated configuration has: FINGERPRINT on every message, nonces that expire, no relaying
+/// to multicast or over TCP, no version string, no NAT-discovery or legacy-STUN extras, no admin CLI, no old TLS.
+pub const HARDENING: &[&str] = &[
+    "fingerprint",
+    "stale-nonce=600",
+    "no-multicast-peers",
+    "no-tcp-relay",
+    "no-software-attribute",
+    "no-rfc5780",
+    "no-stun-backward-compatibility",
+    "response-origin-only-with-rfc5780",
+    "no-cli",
+    "no-tlsv1",
+    "no-tlsv1_1",
+];
+
 /// What goes into the generated configuration. [`CoturnConfig::new`] has the defaults.
 #[derive(Debug, Clone)]
 pub struct CoturnConfig {
@@ -120,17 +136,9 @@ impl CoturnConfig {
         line(format!("realm={}", self.realm));
         line(String::new());
         line("# Hardening.".into());
-        line("fingerprint".into());
-        line("stale-nonce=600".into());
-        line("no-multicast-peers".into());
-        line("no-tcp-relay".into());
-        line("no-software-attribute".into());
-        line("no-rfc5780".into());
-        line("no-stun-backward-compatibility".into());
-        line("response-origin-only-with-rfc5780".into());
-        line("no-cli".into());
-        line("no-tlsv1".into());
-        line("no-tlsv1_1".into());
+        for option in HARDENING {
+            line((*option).to_owned());
+        }
         line(format!("user-quota={}", self.user_quota));
         line(format!("total-quota={}", self.total_quota));
         line(String::new());

@@ -134,6 +134,16 @@ pub fn validate_ice_server(server: &IceServer) -> Result<Vec<IceUrl>, Error> {
     Ok(urls)
 }
 
+/// An ICE server entry from its URLs and, for TURN, a username and credential (not validated; see
+/// [`validate_ice_server`]).
+pub fn ice_server(urls: &[&str], credentials: Option<(&str, &str)>) -> IceServer {
+    IceServer {
+        urls: urls.iter().map(|u| u.to_string()).collect(),
+        username: credentials.map(|(u, _)| u.to_owned()),
+        credential: credentials.map(|(_, c)| c.to_owned()),
+    }
+}
+
 /// TURN servers sharing one set of REST secrets: mints an [`IceServer`] with a fresh credential per peer.
 #[derive(Debug, Clone)]
 pub struct TurnServers {
@@ -177,11 +187,7 @@ mod tests {
     use super::*;
 
     fn server(urls: &[&str], user: Option<&str>) -> IceServer {
-        IceServer {
-            urls: urls.iter().map(|u| u.to_string()).collect(),
-            username: user.map(Into::into),
-            credential: user.map(|_| "pw".into()),
-        }
+        ice_server(urls, user.map(|u| (u, "pw")))
     }
 
     #[test]
