@@ -7,7 +7,7 @@
 use crate::error::Error;
 use crate::framing::{self, Frame, Reassembler};
 use crate::rtc::{self, DataChannel, DataChannelEvent, Pc, PcSettings, RTCDataChannelInit, RTCSdpType, RTCSessionDescription};
-use crate::signaling::{self, SignalingEvent, SignalingSender};
+use crate::signaling::{self, SignalingEvent, SignalingOptions, SignalingSender, Transport};
 use bytes::{Bytes, BytesMut};
 use protocol::{ClientMessage, LeaveReason, PeerId, ServerMessage, SignalData};
 use std::collections::HashMap;
@@ -68,6 +68,8 @@ pub struct PeerConfig {
     /// ICE servers to use instead of the ones the server hands out (which are refreshed before their
     /// credentials expire; these are used as they are).
     pub ice_servers: Option<Vec<protocol::IceServer>>,
+    /// Transports to try (WebSocket, SSE, long polling by default), reconnect backoff, timeouts.
+    pub signaling: SignalingOptions,
 }
 
 impl PeerConfig {
@@ -82,6 +84,7 @@ impl PeerConfig {
             max_message_bytes: framing::DEFAULT_MAX_MESSAGE,
             relay_only: false,
             ice_servers: None,
+            signaling: SignalingOptions::default(),
         }
     }
 }
@@ -139,7 +142,26 @@ pub enum Event {
     },
     /// Something failed without ending the peer (a negotiation step, a refused signal).
     Error(Error),
-    /// The signaling session ended; direct channels stay up but no new peer can be reached.
+    /// The connection to the signaling server was lost; it is being resumed. Direct channels stay up.
+    SignalingDisconnected {
+        /// The close code, if the server sent one.
+        code: Option<u16>,
+    },
+    /// The signaling connection is back. `resumed`: the same session went on and nothing was lost.
+    /// Otherwise a [`Event::NewSession`] came just before.
+    SignalingReconnected {
+        /// The transport now in use.
+        transport: Transport,
+        /// Whether the old session was resumed.
+        resumed: bool,
+    },
+    /// The old session could not be resumed: we have a new peer id, every old connection was closed (each
+    /// announced with [`Event::PeerLeft`]) and we negotiate afresh with the peers now in the room.
+    NewSession {
+        /// Our new id.
+        id: PeerId,
+    },
+    /// The signaling session ended for good; direct channels stay up but no new peer can be reached.
     SignalingClosed {
         /// The close code, if any.
         code: Option<u16>,
@@ -159,7 +181,8 @@ type Channels = Arc<Mutex<HashMap<(PeerId, String), Arc<OpenChannel>>>>;
 
 /// A member of a room, with direct data channels to every other member.
 pub struct Peer {
-    id: PeerId,
+    id: Arc<Mutex<PeerId>>,
+    signaling: SignalingSender,
     channels: Channels,
     cmd: mpsc::Sender<Command>,
     actor: tokio::task::JoinHandle<()>,
@@ -175,7 +198,9 @@ enum Command {
 impl Peer {
     /// Joins the room and starts negotiating with everyone in it.
     pub async fn connect(cfg: PeerConfig) -> Result<(Peer, mpsc::Receiver<Event>), Error> {
-        let (welcome, sender, sig_rx) = signaling::connect(&cfg.server, &cfg.room).await?;
+        let (welcome, sender, sig_rx) =
+            signaling::connect_with(&cfg.server, &cfg.room, cfg.signaling.clone()).await?;
+        let id = Arc::new(Mutex::new(welcome.peer_id.clone()));
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         let (pc_tx, pc_rx) = mpsc::unbounded_channel();
@@ -193,9 +218,10 @@ impl Peer {
         });
         let actor = Actor {
             me: welcome.peer_id.clone(),
+            shared_id: id.clone(),
             cfg,
             settings,
-            sender,
+            sender: sender.clone(),
             events: events_tx,
             pc_tx,
             remotes: HashMap::new(),
@@ -208,12 +234,18 @@ impl Peer {
                 r.abort();
             }
         });
-        Ok((Peer { id: welcome.peer_id, channels, cmd: cmd_tx, actor: handle }, events_rx))
+        Ok((Peer { id, signaling: sender, channels, cmd: cmd_tx, actor: handle }, events_rx))
     }
 
-    /// Our server-assigned id.
-    pub fn id(&self) -> &str {
-        &self.id
+    /// Our server-assigned id. It changes only if the signaling session had to be replaced
+    /// ([`Event::NewSession`]).
+    pub fn id(&self) -> PeerId {
+        lock(&self.id).clone()
+    }
+
+    /// The signaling transport in use now.
+    pub fn transport(&self) -> Transport {
+        self.signaling.transport()
     }
 
     /// Sends `payload` to `peer` on channel `label`. Messages of any size go on ordered reliable channels
@@ -397,6 +429,7 @@ struct Remote {
 
 struct Actor {
     me: PeerId,
+    shared_id: Arc<Mutex<PeerId>>,
     cfg: PeerConfig,
     settings: PcSettings,
     sender: SignalingSender,
@@ -427,6 +460,13 @@ impl Actor {
             tokio::select! {
                 ev = sig_rx.recv(), if signaling_open => match ev {
                     Some(SignalingEvent::Message(msg)) => self.on_server(msg).await,
+                    Some(SignalingEvent::Disconnected { code }) => {
+                        self.emit(Event::SignalingDisconnected { code }).await;
+                    }
+                    Some(SignalingEvent::Reconnected { transport, resumed }) => {
+                        self.emit(Event::SignalingReconnected { transport, resumed }).await;
+                    }
+                    Some(SignalingEvent::NewSession(welcome)) => self.new_session(welcome).await,
                     Some(SignalingEvent::Closed { code, .. }) => {
                         signaling_open = false;
                         self.emit(Event::SignalingClosed { code }).await;
@@ -571,6 +611,25 @@ impl Actor {
         }
     }
 
+    /// The server could not resume our session: the old peer ids mean nothing any more (the others see us
+    /// leave and join again too), so every connection is renegotiated under the new ids.
+    async fn new_session(&mut self, welcome: protocol::Welcome) {
+        let old: Vec<PeerId> = self.remotes.keys().cloned().collect();
+        for peer in old {
+            self.remove_remote(&peer).await;
+            self.emit(Event::PeerLeft { peer, reason: LeaveReason::Closed }).await;
+        }
+        self.me = welcome.peer_id.clone();
+        *lock(&self.shared_id) = welcome.peer_id.clone();
+        self.emit(Event::NewSession { id: welcome.peer_id }).await;
+        for peer in welcome.peers {
+            self.emit(Event::PeerJoined(peer.clone())).await;
+            if let Err(e) = self.add_remote(&peer, true).await {
+                self.emit(Event::Error(e)).await;
+            }
+        }
+    }
+
     async fn on_server(&mut self, msg: ServerMessage) {
         match msg {
             ServerMessage::PeerJoined { peer_id } => {
@@ -592,7 +651,10 @@ impl Actor {
             ServerMessage::Error { code, message } => {
                 self.emit(Event::Error(Error::Refused { code, message })).await;
             }
-            ServerMessage::Welcome(_) | ServerMessage::Relay { .. } | ServerMessage::Pong { .. } => {}
+            ServerMessage::Welcome(_)
+            | ServerMessage::Relay { .. }
+            | ServerMessage::Pong { .. }
+            | ServerMessage::Resumed { .. } => {}
         }
     }
 

@@ -73,8 +73,10 @@ impl Cli {
 
     /// Waits for `* joined room R as ID`; returns ID.
     async fn joined(&mut self) -> String {
+        // "* joined room R as ID (over TRANSPORT)"
         let line = self.stderr_line("joined room").await;
-        line.rsplit(' ').next().unwrap().to_owned()
+        let after_as = line.split(" as ").nth(1).expect("an id after ' as '");
+        after_as.split(' ').next().unwrap().to_owned()
     }
 
     fn write_line(&mut self, line: &str) {

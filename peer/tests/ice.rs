@@ -58,7 +58,7 @@ async fn relay_only_without_a_turn_server_reports_relay_unavailable() {
         _ => None,
     })
     .await;
-    assert!(err.to_string().contains(a.id()), "{err}");
+    assert!(err.to_string().contains(&a.id()), "{err}");
     a.close().await;
     b.close().await;
 }

@@ -107,14 +107,14 @@ async fn a_16_mib_message_arrives_intact() {
     let data: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     let want = Sha256::digest(&data);
     let started = std::time::Instant::now();
-    a.send(b.id(), "chat", Payload::Binary(data.into())).await.unwrap();
+    a.send(&b.id(), "chat", Payload::Binary(data.into())).await.unwrap();
     let Payload::Binary(got) = next_message(&mut b_ev, "chat").await else { panic!("expected binary") };
     eprintln!("16 MiB in {:?}", started.elapsed());
     assert_eq!(got.len(), 16 * 1024 * 1024);
     assert_eq!(Sha256::digest(&got), want);
     // Large text is chunked too, and arrives as text.
     let text = "ü".repeat(100_000);
-    b.send(a.id(), "chat", Payload::Text(text.clone())).await.unwrap();
+    b.send(&a.id(), "chat", Payload::Text(text.clone())).await.unwrap();
     let mut a_ev = _a_ev;
     assert_eq!(next_message(&mut a_ev, "chat").await, Payload::Text(text));
 }
@@ -124,7 +124,7 @@ async fn unreliable_unordered_channel_carries_messages_and_refuses_oversized_one
     let (a, _a_ev, b, mut b_ev, _stop) = connected_pair("unrel").await;
     const N: usize = 200;
     for i in 0..N {
-        a.send(b.id(), "state", Payload::Text(format!("s{i}"))).await.unwrap();
+        a.send(&b.id(), "state", Payload::Text(format!("s{i}"))).await.unwrap();
     }
     // Loopback loses nothing in practice, but the channel promises neither order nor delivery: count a set.
     let mut got = std::collections::HashSet::new();
@@ -139,7 +139,7 @@ async fn unreliable_unordered_channel_carries_messages_and_refuses_oversized_one
         }
     }
     assert!(got.len() >= N * 9 / 10, "only {} of {N} arrived", got.len());
-    let err = a.send(b.id(), "state", Payload::Binary(vec![0u8; 100_000].into())).await.unwrap_err();
+    let err = a.send(&b.id(), "state", Payload::Binary(vec![0u8; 100_000].into())).await.unwrap_err();
     assert_eq!(err.code(), "too-large");
 }
 
@@ -214,14 +214,15 @@ async fn ice_restart_from_both_sides_at_once_keeps_the_channels() {
     let _ = tracing_subscriber::fmt().with_env_filter("peer=debug").with_test_writer().try_init();
     let (a, mut a_ev, b, mut b_ev, _stop) = connected_pair("restart").await;
     // Both sides restart at the same moment: their offers collide and perfect negotiation must settle it.
-    let (ra, rb) = tokio::join!(a.restart_ice(b.id()), b.restart_ice(a.id()));
+    let (a_id, b_id) = (a.id(), b.id());
+    let (ra, rb) = tokio::join!(a.restart_ice(&b_id), b.restart_ice(&a_id));
     ra.unwrap();
     rb.unwrap();
     // Let the renegotiation finish, then prove the channels still carry messages both ways, in order.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..50 {
-        a.send(b.id(), "chat", Payload::Text(format!("a{i}"))).await.unwrap();
-        b.send(a.id(), "chat", Payload::Text(format!("b{i}"))).await.unwrap();
+        a.send(&b.id(), "chat", Payload::Text(format!("a{i}"))).await.unwrap();
+        b.send(&a.id(), "chat", Payload::Text(format!("b{i}"))).await.unwrap();
     }
     expect_messages(&mut b_ev, 50, "a").await;
     expect_messages(&mut a_ev, 50, "b").await;
@@ -234,10 +235,11 @@ async fn a_cancelled_send_still_delivers_the_whole_chunked_message() {
     let big = bytes::Bytes::from(vec![7u8; 4 * 1024 * 1024]);
     // The caller polls the send once and drops it: the message must still arrive whole, before the next
     // one and not glued to it (a lock taken inside the spawned task lost this race in CI).
-    let gave_up = std::pin::pin!(a.send(b.id(), "chat", Payload::Binary(big.clone())));
+    let b_id = b.id();
+    let gave_up = std::pin::pin!(a.send(&b_id, "chat", Payload::Binary(big.clone())));
     let polled_once = futures_poll_once(gave_up).await;
     assert!(polled_once.is_none(), "a 4 MiB send finished in one poll: the test proves nothing");
-    a.send(b.id(), "chat", Payload::Binary(bytes::Bytes::from_static(b"after"))).await.unwrap();
+    a.send(&b.id(), "chat", Payload::Binary(bytes::Bytes::from_static(b"after"))).await.unwrap();
     assert_eq!(next_message(&mut b_ev, "chat").await, Payload::Binary(big));
     assert_eq!(next_message(&mut b_ev, "chat").await, Payload::Binary(bytes::Bytes::from_static(b"after")));
 }

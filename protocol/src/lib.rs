@@ -145,6 +145,19 @@ pub enum ServerMessage {
         /// The `id` of the `ping`, if it had one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// The highest `cseq` the server has received on this session (absent if the client sends none):
+        /// the client may forget every message up to it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        received: Option<u64>,
+    },
+    /// A resume succeeded: sent right after the `replayed` messages the client had missed, so everything
+    /// before it (in `seq` order) is the gap, filled.
+    Resumed {
+        /// How many missed messages were sent again before this one.
+        replayed: u64,
+        /// The highest `cseq` the server had received: the client sends again, in order, the messages it
+        /// sent after that one (the server drops any it already had).
+        received: u64,
     },
     /// The previous client message was refused.
     Error {
@@ -172,6 +185,24 @@ pub struct Welcome {
     pub heartbeat: Heartbeat,
     /// Limits the server enforces.
     pub limits: Limits,
+    /// What a resume of this session needs.
+    pub session: SessionInfo,
+    /// `false` when the client asked to resume a session that could not be resumed (expired, unknown, or
+    /// its gap no longer fillable): this is a new session. Absent on a plain join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// The secret and the window of a session, for resuming it on any transport and for `POST`ing to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Secret known only to this client: `Authorization: Bearer <token>` on HTTP requests, `resume=<token>`
+    /// when resuming a stream. Never share it.
+    pub token: String,
+    /// Where to `POST` client messages (HTTP transports), relative to the server.
+    pub url: String,
+    /// How long after its connection drops the session waits to be resumed, in milliseconds.
+    pub resume_window_ms: u64,
 }
 
 /// One entry of `RTCConfiguration.iceServers`.
@@ -301,6 +332,8 @@ pub enum CloseCode {
     BadRoom,
     /// The room is full.
     RoomFull,
+    /// Another connection resumed this session: this one is stale and must not reconnect.
+    Superseded,
 }
 
 impl CloseCode {
@@ -314,6 +347,7 @@ impl CloseCode {
             CloseCode::SlowConsumer => 4002,
             CloseCode::BadRoom => 4500,
             CloseCode::RoomFull => 4501,
+            CloseCode::Superseded => 4502,
         }
     }
 
@@ -327,6 +361,7 @@ impl CloseCode {
             CloseCode::SlowConsumer => "slow-consumer",
             CloseCode::BadRoom => "bad-room",
             CloseCode::RoomFull => "room-full",
+            CloseCode::Superseded => "superseded",
         }
     }
 
@@ -340,6 +375,42 @@ impl CloseCode {
             _ => true,
         }
     }
+}
+
+/// The HTTP transports' equivalent of a WebSocket close frame: the SSE `close` event's data, and the
+/// `close` field of a poll response. Same codes, same meaning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseNotice {
+    /// A [`CloseCode`] number.
+    pub code: u16,
+    /// Its reason text.
+    pub reason: String,
+}
+
+impl From<CloseCode> for CloseNotice {
+    fn from(c: CloseCode) -> Self {
+        CloseNotice { code: c.code(), reason: c.reason().to_owned() }
+    }
+}
+
+/// The body of a (long or short) poll response: messages after the requested `seq`, in order, and the
+/// close notice when the session has ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollResponse {
+    /// Possibly empty (a long poll that timed out, a short poll with nothing new).
+    pub messages: Vec<ServerEnvelope>,
+    /// Present once the session is over; no further poll will succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close: Option<CloseNotice>,
+}
+
+/// The JSON body of an HTTP error response (`401`, `404`, `413`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpError {
+    /// Stable machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
 }
 
 /// Why a client message was refused.
@@ -384,14 +455,49 @@ impl DecodeError {
 /// Client message types, for telling "unknown type" from "bad fields".
 const CLIENT_TYPES: [&str; 4] = ["signal", "relay", "ping", "leave"];
 
-impl ClientMessage {
+/// A client message with its optional client sequence number.
+///
+/// `cseq` (1, 2, 3, … per session) makes client → server delivery exactly-once across reconnects: the server
+/// drops a `cseq` it already has, and tells the client the highest it has in `resumed` and `pong`, so the
+/// client knows what to send again. Clients that never reconnect may leave it out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientEnvelope {
+    /// The client sequence number, if any.
+    pub cseq: Option<u64>,
+    /// The message.
+    pub msg: ClientMessage,
+}
+
+impl ClientEnvelope {
     /// Decodes one text frame, classifying every failure into a stable [`ErrorCode`].
     pub fn decode(text: &str, max_bytes: usize) -> Result<Self, DecodeError> {
+        let (cseq, msg) = ClientMessage::decode_inner(text, max_bytes)?;
+        Ok(ClientEnvelope { cseq, msg })
+    }
+
+    /// Encodes to the JSON text sent on the wire.
+    pub fn encode(&self) -> String {
+        let mut v = serde_json::to_value(&self.msg).expect("ClientMessage serialises");
+        if let (Some(c), Value::Object(obj)) = (self.cseq, &mut v) {
+            obj.insert("cseq".into(), c.into());
+        }
+        v.to_string()
+    }
+}
+
+impl ClientMessage {
+    /// Decodes one text frame, classifying every failure into a stable [`ErrorCode`] (a `cseq` is checked
+    /// and ignored; see [`ClientEnvelope`]).
+    pub fn decode(text: &str, max_bytes: usize) -> Result<Self, DecodeError> {
+        Self::decode_inner(text, max_bytes).map(|(_, m)| m)
+    }
+
+    fn decode_inner(text: &str, max_bytes: usize) -> Result<(Option<u64>, Self), DecodeError> {
         if text.len() > max_bytes {
             return Err(DecodeError::TooLarge { size: text.len(), limit: max_bytes });
         }
-        let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::BadJson(e.to_string()))?;
-        let Value::Object(ref obj) = value else {
+        let mut value: Value = serde_json::from_str(text).map_err(|e| DecodeError::BadJson(e.to_string()))?;
+        let Value::Object(ref mut obj) = value else {
             return Err(DecodeError::BadJson("expected an object".into()));
         };
         let kind = match obj.get("type") {
@@ -400,7 +506,15 @@ impl ClientMessage {
             Some(other) => return Err(DecodeError::UnknownType(other.to_string())),
             None => return Err(DecodeError::UnknownType(String::new())),
         };
-        serde_json::from_value(value).map_err(|e| DecodeError::BadMessage { kind, detail: e.to_string() })
+        let cseq = match obj.remove("cseq") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|c| c > 0) => n.as_u64(),
+            Some(other) => {
+                return Err(DecodeError::BadMessage { kind, detail: format!("cseq must be a positive integer, got {other}") });
+            }
+        };
+        let msg = serde_json::from_value(value).map_err(|e| DecodeError::BadMessage { kind, detail: e.to_string() })?;
+        Ok((cseq, msg))
     }
 
     /// Encodes to the JSON text sent on the wire.
@@ -522,17 +636,32 @@ mod tests {
                 }],
                 heartbeat: Heartbeat { interval_ms: 10_000, timeout_ms: 5_000 },
                 limits: Limits { max_message_bytes: MAX, max_peers: 16 },
+                session: SessionInfo { token: "t".into(), url: "/v1/sessions/me".into(), resume_window_ms: 1 },
+                recovered: Some(false),
             }),
+            ServerMessage::Resumed { replayed: 3, received: 2 },
             ServerMessage::PeerJoined { peer_id: "a".into() },
             ServerMessage::PeerLeft { peer_id: "a".into(), reason: LeaveReason::Timeout },
             ServerMessage::Signal { from: "a".into(), data: SignalData::Offer { sdp: "v=0".into() } },
             ServerMessage::Relay { from: "a".into(), data: json!(null) },
-            ServerMessage::Pong { id: Some(1) },
+            ServerMessage::Pong { id: Some(1), received: Some(4) },
             ServerMessage::Error { code: ErrorCode::BadJson, message: "x".into() },
         ];
         for (i, msg) in msgs.into_iter().enumerate() {
             let env = ServerEnvelope { seq: i as u64 + 1, msg };
             assert_eq!(ServerEnvelope::decode(&env.encode()).unwrap(), env);
+        }
+    }
+
+    #[test]
+    fn cseq_is_optional_positive_and_round_trips() {
+        let env = ClientEnvelope { cseq: Some(7), msg: ClientMessage::Ping { id: Some(1) } };
+        assert_eq!(ClientEnvelope::decode(&env.encode(), MAX).unwrap(), env);
+        let plain = ClientEnvelope { cseq: None, msg: ClientMessage::Leave };
+        assert_eq!(plain.encode(), r#"{"type":"leave"}"#);
+        assert_eq!(ClientEnvelope::decode(&plain.encode(), MAX).unwrap(), plain);
+        for bad in [r#"{"type":"leave","cseq":0}"#, r#"{"type":"leave","cseq":-1}"#, r#"{"type":"leave","cseq":"1"}"#, r#"{"type":"leave","cseq":1.5}"#] {
+            assert_eq!(ClientEnvelope::decode(bad, MAX).unwrap_err().code(), ErrorCode::BadMessage, "{bad}");
         }
     }
 

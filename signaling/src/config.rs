@@ -22,9 +22,20 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_MAX_PEERS", default_value_t = 16)]
     pub max_peers: usize,
 
-    /// Messages queued per session before it is closed as a slow consumer.
+    /// Messages kept per session: what a resume can replay, and how far a client may fall behind before it
+    /// is closed as a slow consumer.
     #[arg(long, env = "SIGNALING_OUTBOX", default_value_t = 256)]
     pub outbox: usize,
+
+    /// How long a session whose connection dropped waits to be resumed before the others see it leave, in
+    /// milliseconds.
+    #[arg(long, env = "SIGNALING_RESUME_WINDOW_MS", default_value_t = 30_000)]
+    pub resume_window_ms: u64,
+
+    /// Transports to offer, comma-separated (e.g. `sse,longpoll` to act like a proxy that blocks
+    /// WebSockets). `longpoll` covers short polling too.
+    #[arg(long, env = "SIGNALING_TRANSPORTS", value_enum, value_delimiter = ',', default_value = "ws,sse,longpoll")]
+    pub transports: Vec<crate::transport::Kind>,
 
     /// How often the server pings each session, in milliseconds.
     #[arg(long, env = "SIGNALING_HEARTBEAT_INTERVAL_MS", default_value_t = 10_000)]
@@ -64,6 +75,9 @@ pub enum ConfigError {
         /// The value given.
         value: usize,
     },
+    /// No transport left to connect with.
+    #[error("--transports must name at least one of ws, sse, longpoll")]
+    NoTransport,
     /// The web root does not exist.
     #[error("--web-root {0} is not a directory")]
     WebRoot(PathBuf),
@@ -96,6 +110,9 @@ impl Config {
             if value < min {
                 return Err(ConfigError::TooSmall { flag, min, value });
             }
+        }
+        if self.transports.is_empty() {
+            return Err(ConfigError::NoTransport);
         }
         if let Some(root) = &self.web_root
             && !root.is_dir()
@@ -135,5 +152,15 @@ mod tests {
         assert!(matches!(bad.validate(), Err(ConfigError::TooSmall { flag: "--max-peers", .. })));
         let bad = Config::parse_from(["signaling", "--web-root", "/nonexistent/dir"]);
         assert!(matches!(bad.validate(), Err(ConfigError::WebRoot(_))));
+        assert!(Config::try_parse_from(["signaling", "--transports", "ws,carrier-pigeon"]).is_err());
+    }
+
+    #[test]
+    fn transports_can_be_narrowed() {
+        use crate::transport::Kind;
+        assert_eq!(Config::parse_from(["signaling"]).transports, [Kind::Ws, Kind::Sse, Kind::Longpoll]);
+        let cfg = Config::parse_from(["signaling", "--transports", "sse,longpoll"]);
+        assert_eq!(cfg.transports, [Kind::Sse, Kind::Longpoll]);
+        cfg.validate().unwrap();
     }
 }

@@ -1,14 +1,15 @@
 //! The session core: rooms, membership, presence and routing. Transports call [`Hub::join`],
 //! [`Hub::handle`] and [`Hub::leave`]; what a message means never depends on what carried it.
 
-use crate::session::{Session, SessionIo};
+use crate::session::Session;
 use dashmap::DashMap;
 use protocol::{
-    ClientMessage, CloseCode, ErrorCode, Heartbeat, LeaveReason, Limits, PeerId, ServerMessage, Welcome,
-    PROTOCOL_VERSION,
+    ClientEnvelope, ClientMessage, CloseCode, ErrorCode, Heartbeat, LeaveReason, Limits, ServerMessage, SessionInfo,
+    Welcome, PROTOCOL_VERSION,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// What the core needs to know of the configuration.
 #[derive(Debug, Clone)]
@@ -17,8 +18,10 @@ pub struct HubConfig {
     pub limits: Limits,
     /// Announced in `welcome`; enforced by transports.
     pub heartbeat: Heartbeat,
-    /// Queue capacity per session.
+    /// Messages kept per session for resume; a client that falls further behind is a slow consumer.
     pub outbox: usize,
+    /// How long a session whose connection dropped waits to be resumed.
+    pub resume_window: Duration,
     /// ICE servers handed to every session, TURN credentials minted per session.
     pub ice_servers: crate::ice::IceServers,
 }
@@ -57,19 +60,30 @@ pub enum Flow {
     Leave,
 }
 
+/// The outcome of a resume request.
+#[derive(Debug)]
+pub enum Resumed {
+    /// The session goes on; the client gets the messages after its `seq`, then `resumed`.
+    Same(Arc<Session>),
+    /// It could not be resumed: a new session (new peer id) whose `welcome` says `recovered: false`.
+    Fresh(Arc<Session>),
+}
+
 /// All rooms of this server.
 #[derive(Debug)]
 pub struct Hub {
     cfg: HubConfig,
     // Members in join order, so `welcome.peers` lists the oldest first.
     rooms: DashMap<String, Vec<Arc<Session>>>,
+    // Every live session (attached or waiting to be resumed), by its secret.
+    by_token: DashMap<String, Arc<Session>>,
     shutting_down: AtomicBool,
 }
 
 impl Hub {
     /// An empty hub.
     pub fn new(cfg: HubConfig) -> Self {
-        Hub { cfg, rooms: DashMap::new(), shutting_down: AtomicBool::new(false) }
+        Hub { cfg, rooms: DashMap::new(), by_token: DashMap::new(), shutting_down: AtomicBool::new(false) }
     }
 
     /// The configuration.
@@ -78,13 +92,52 @@ impl Hub {
     }
 
     /// Adds a new session to `room`, queues its `welcome` (seq 1) and announces it to the others.
-    pub fn join(&self, room: &str) -> Result<(Arc<Session>, SessionIo), JoinError> {
+    pub fn join(&self, room: &str) -> Result<Arc<Session>, JoinError> {
+        self.join_as(room, None)
+    }
+
+    /// Resumes the session holding `token` from the client's last `seq` (`after`), if it is still there, in
+    /// `room`, and its gap can be filled; otherwise ends it and joins a new one that says `recovered: false`.
+    pub fn resume(&self, room: &str, token: &str, after: u64) -> Result<Resumed, JoinError> {
+        protocol::validate_room(room).map_err(JoinError::BadRoom)?;
+        let found = self.session(token).filter(|s| s.room() == room && s.close_code().is_none());
+        if let Some(session) = found {
+            match session.can_resume_from(after) {
+                Ok(()) => {
+                    // Queued behind the missed messages, so the client knows when the gap is filled.
+                    let received = session.received();
+                    let pushed = session.push_with(|seq| ServerMessage::Resumed { replayed: seq - 1 - after, received });
+                    if let Ok(seq) = pushed {
+                        tracing::info!(peer = %session.peer_id(), room, after, missed = seq - 1 - after, "resumed");
+                        return Ok(Resumed::Same(session));
+                    }
+                }
+                Err(gap) => {
+                    tracing::info!(peer = %session.peer_id(), room, %gap, "resume refused");
+                    session.close(CloseCode::SlowConsumer);
+                    self.leave(&session, LeaveReason::SlowConsumer);
+                }
+            }
+        }
+        self.join_as(room, Some(false)).map(Resumed::Fresh)
+    }
+
+    /// The live session holding `token`.
+    pub fn session(&self, token: &str) -> Option<Arc<Session>> {
+        // Tokens are fixed-length hex: anything else cannot match, and is not worth a lookup.
+        if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.by_token.get(token).map(|s| s.clone()).filter(|s| s.token_matches(token))
+    }
+
+    fn join_as(&self, room: &str, recovered: Option<bool>) -> Result<Arc<Session>, JoinError> {
         protocol::validate_room(room).map_err(JoinError::BadRoom)?;
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(JoinError::ShuttingDown);
         }
-        let (session, io) = Session::new(new_peer_id(), room.to_owned(), self.cfg.outbox);
-        let session = Arc::new(session);
+        let peer_id = new_id();
+        let session = Arc::new(Session::new(peer_id.clone(), room.to_owned(), new_id(), self.cfg.outbox));
         // The entry lock is held throughout, so nobody can route to the newcomer before its
         // welcome is queued, and two joiners cannot both take the last place.
         let mut members = self.rooms.entry(room.to_owned()).or_default();
@@ -99,15 +152,32 @@ impl Hub {
             ice_servers: self.cfg.ice_servers.for_peer(session.peer_id()),
             heartbeat: self.cfg.heartbeat,
             limits: self.cfg.limits,
+            session: SessionInfo {
+                token: session.token().to_owned(),
+                url: format!("/v1/sessions/{peer_id}"),
+                resume_window_ms: self.cfg.resume_window.as_millis() as u64,
+            },
+            recovered,
         });
-        // A fresh queue always has room for the welcome.
+        // A fresh buffer always has room for the welcome.
         let _ = session.push(welcome);
         for other in members.iter() {
             let _ = other.push(ServerMessage::PeerJoined { peer_id: session.peer_id().to_owned() });
         }
         members.push(session.clone());
+        self.by_token.insert(session.token().to_owned(), session.clone());
         tracing::info!(peer = %session.peer_id(), room, peers = members.len(), "joined");
-        Ok((session, io))
+        Ok(session)
+    }
+
+    /// Acts on one client message unless its `cseq` shows the server already had it (a message sent again
+    /// after a reconnect).
+    pub fn handle_envelope(&self, from: &Session, env: ClientEnvelope) -> Flow {
+        if !from.accept_cseq(env.cseq) {
+            tracing::debug!(peer = %from.peer_id(), cseq = env.cseq, "duplicate client message dropped");
+            return Flow::Continue;
+        }
+        self.handle(from, env.msg)
     }
 
     /// Acts on one client message.
@@ -128,7 +198,8 @@ impl Hub {
                 }
             }
             ClientMessage::Ping { id } => {
-                let _ = from.push(ServerMessage::Pong { id });
+                let received = Some(from.received()).filter(|&r| r > 0);
+                let _ = from.push(ServerMessage::Pong { id, received });
             }
             ClientMessage::Leave => {
                 self.leave(from, LeaveReason::Left);
@@ -145,6 +216,7 @@ impl Hub {
 
     /// Removes the session from its room and announces it. Idempotent.
     pub fn leave(&self, session: &Session, reason: LeaveReason) {
+        self.by_token.remove_if(session.token(), |_, s| s.peer_id() == session.peer_id());
         let removed = {
             let Some(mut members) = self.rooms.get_mut(session.room()) else { return };
             let before = members.len();
@@ -174,6 +246,29 @@ impl Hub {
         }
     }
 
+    /// Ends the sessions whose time is up: dropped connections not resumed within the window, clients silent
+    /// for longer than the heartbeat allows (polling clients have no connection to notice closing), and
+    /// sessions told to close while no connection served them. Run it often (the server does, every 100 ms).
+    pub fn reap(&self, now: Instant) {
+        let silence = Duration::from_millis(self.cfg.heartbeat.interval_ms + self.cfg.heartbeat.timeout_ms);
+        let sessions: Vec<Arc<Session>> = self.by_token.iter().map(|s| s.value().clone()).collect();
+        for s in sessions {
+            let (last_seen, detached_at) = s.liveness();
+            let reason = if let Some(code) = s.close_code() {
+                leave_reason(code)
+            } else if detached_at.is_some_and(|t| now.duration_since(t) >= self.cfg.resume_window) {
+                LeaveReason::Closed
+            } else if detached_at.is_none() && now.duration_since(last_seen) >= silence {
+                tracing::info!(peer = %s.peer_id(), "heartbeat timeout");
+                s.close(CloseCode::HeartbeatTimeout);
+                LeaveReason::Timeout
+            } else {
+                continue;
+            };
+            self.leave(&s, reason);
+        }
+    }
+
     /// Sessions currently in rooms.
     pub fn session_count(&self) -> usize {
         self.rooms.iter().map(|r| r.len()).sum()
@@ -199,8 +294,20 @@ impl Hub {
     }
 }
 
-/// 128 random bits, hex: unguessable, so knowing an id grants nothing outside the room.
-fn new_peer_id() -> PeerId {
+/// The `peer-left` reason for a session closed with `code`.
+pub fn leave_reason(code: CloseCode) -> LeaveReason {
+    match code {
+        CloseCode::SlowConsumer => LeaveReason::SlowConsumer,
+        CloseCode::HeartbeatTimeout => LeaveReason::Timeout,
+        CloseCode::Shutdown => LeaveReason::Shutdown,
+        CloseCode::Normal => LeaveReason::Left,
+        _ => LeaveReason::Closed,
+    }
+}
+
+/// 128 random bits, hex: unguessable, so knowing a peer id grants nothing outside the room, and a session
+/// token cannot be guessed at all.
+fn new_id() -> String {
     let mut bytes = [0u8; 16];
     // The OS RNG failing means the machine is unusable; there is no safe fallback for unguessable ids.
     getrandom::fill(&mut bytes).expect("OS random number generator");
@@ -217,23 +324,29 @@ mod tests {
             limits: Limits { max_message_bytes: 65536, max_peers },
             heartbeat: Heartbeat { interval_ms: 1000, timeout_ms: 500 },
             outbox: 16,
+            resume_window: Duration::from_millis(300),
             ice_servers: Default::default(),
         })
     }
 
-    fn drain(io: &mut SessionIo) -> Vec<ServerMessage> {
-        let mut v = vec![];
-        while let Ok(o) = io.outbox.try_recv() {
-            v.push(ServerEnvelope::decode(&o.text).unwrap().msg);
+    /// A client's view of its session: the session and the last seq it read.
+    struct Reader(Arc<Session>, u64);
+
+    fn drain(io: &mut Reader) -> Vec<ServerMessage> {
+        let got = io.0.read_after(io.1).unwrap();
+        if let Some(last) = got.last() {
+            io.1 = last.seq;
         }
-        v
+        got.iter().map(|o| ServerEnvelope::decode(&o.text).unwrap().msg).collect()
     }
 
     #[test]
     fn join_welcome_presence_and_routing() {
         let hub = hub(4);
-        let (a, mut a_io) = hub.join("r").unwrap();
-        let (b, mut b_io) = hub.join("r").unwrap();
+        let a = hub.join("r").unwrap();
+        let mut a_io = Reader(a.clone(), 0);
+        let b = hub.join("r").unwrap();
+        let mut b_io = Reader(b.clone(), 0);
         let ServerMessage::Welcome(w) = &drain(&mut b_io)[0] else { panic!("no welcome") };
         assert_eq!(w.peers, vec![a.peer_id().to_owned()]);
         assert_eq!(drain(&mut a_io)[1..], [ServerMessage::PeerJoined { peer_id: b.peer_id().into() }]);
@@ -257,8 +370,10 @@ mod tests {
     #[test]
     fn no_signalling_across_rooms_or_to_self() {
         let hub = hub(4);
-        let (a, mut a_io) = hub.join("r1").unwrap();
-        let (b, mut b_io) = hub.join("r2").unwrap();
+        let a = hub.join("r1").unwrap();
+        let mut a_io = Reader(a.clone(), 0);
+        let b = hub.join("r2").unwrap();
+        let mut b_io = Reader(b.clone(), 0);
         drain(&mut a_io);
         drain(&mut b_io);
         for to in [b.peer_id(), a.peer_id(), "nobody"] {
@@ -281,16 +396,117 @@ mod tests {
     #[test]
     fn shutdown_closes_everyone_and_refuses_joins() {
         let hub = hub(4);
-        let (a, _a_io) = hub.join("r").unwrap();
+        let a = hub.join("r").unwrap();
         hub.shutdown();
         assert_eq!(a.close_code(), Some(CloseCode::Shutdown));
         assert_eq!(hub.join("r").unwrap_err(), JoinError::ShuttingDown);
     }
 
+    fn welcome_of(msgs: &[ServerMessage]) -> Welcome {
+        match &msgs[0] {
+            ServerMessage::Welcome(w) => w.clone(),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_resume_within_the_window_replays_what_was_missed_and_nobody_sees_a_leave() {
+        let hub = hub(4);
+        let a = hub.join("r").unwrap();
+        let mut a_io = Reader(a.clone(), 0);
+        let b = hub.join("r").unwrap();
+        let mut b_io = Reader(b.clone(), 0);
+        let token = welcome_of(&drain(&mut a_io)).session.token;
+        drain(&mut b_io);
+        let (generation, _) = a.attach();
+        a.detach(generation);
+        hub.handle(&b, ClientMessage::Signal { to: a.peer_id().into(), data: SignalData::EndOfCandidates });
+        hub.reap(Instant::now() + Duration::from_millis(100));
+        let Resumed::Same(again) = hub.resume("r", &token, a_io.1).unwrap() else { panic!("not resumed") };
+        assert!(Arc::ptr_eq(&again, &a));
+        assert_eq!(
+            drain(&mut a_io),
+            [
+                ServerMessage::Signal { from: b.peer_id().into(), data: SignalData::EndOfCandidates },
+                ServerMessage::Resumed { replayed: 1, received: 0 }
+            ]
+        );
+        assert!(drain(&mut b_io).is_empty(), "b must not see a leave for a short drop");
+    }
+
+    #[test]
+    fn after_the_window_the_peer_leaves_and_a_resume_gets_a_new_session() {
+        let hub = hub(4);
+        let a = hub.join("r").unwrap();
+        let mut a_io = Reader(a.clone(), 0);
+        let b = hub.join("r").unwrap();
+        let mut b_io = Reader(b.clone(), 0);
+        let token = welcome_of(&drain(&mut a_io)).session.token;
+        drain(&mut b_io);
+        let (generation, _) = a.attach();
+        a.detach(generation);
+        hub.reap(Instant::now() + Duration::from_millis(301));
+        assert_eq!(drain(&mut b_io), [ServerMessage::PeerLeft { peer_id: a.peer_id().into(), reason: LeaveReason::Closed }]);
+        let Resumed::Fresh(fresh) = hub.resume("r", &token, a_io.1).unwrap() else { panic!("resumed a dead session") };
+        let w = welcome_of(&drain(&mut Reader(fresh.clone(), 0)));
+        assert_eq!(w.recovered, Some(false));
+        assert_ne!(w.peer_id, a.peer_id());
+        assert_eq!(drain(&mut b_io), [ServerMessage::PeerJoined { peer_id: w.peer_id }]);
+    }
+
+    #[test]
+    fn resumes_that_cannot_be_honoured_start_afresh() {
+        let hub = hub(4);
+        let a = hub.join("r").unwrap();
+        let mut a_io = Reader(a.clone(), 0);
+        let token = welcome_of(&drain(&mut a_io)).session.token;
+        let _other = hub.join("r").unwrap();
+        // Wrong room, malformed or unknown token, a seq never sent: all fresh, none touches `a`.
+        for (room, tok, after) in [("r2", token.as_str(), 1), ("r", "nope", 1), ("r", "0123456789abcdef0123456789abcdef", 1), ("r", &token, 99)] {
+            let Resumed::Fresh(s) = hub.resume(room, tok, after).unwrap() else { panic!("{room} {tok} {after}") };
+            assert_ne!(s.peer_id(), a.peer_id());
+        }
+        // A bad room is still refused outright.
+        assert!(matches!(hub.resume("bad room", &token, 1), Err(JoinError::BadRoom(_))));
+    }
+
+    #[test]
+    fn a_gap_that_cannot_be_filled_ends_the_old_session() {
+        let hub = hub(4); // 16 messages kept
+        let a = hub.join("r").unwrap();
+        let mut a_io = Reader(a.clone(), 0);
+        let token = welcome_of(&drain(&mut a_io)).session.token;
+        for _ in 0..20 {
+            hub.handle(&a, ClientMessage::Ping { id: None }); // a reads nothing: the pongs overflow
+        }
+        assert_eq!(a.close_code(), Some(CloseCode::SlowConsumer));
+        hub.reap(Instant::now());
+        assert!(hub.session(&token).is_none());
+        assert!(matches!(hub.resume("r", &token, 1).unwrap(), Resumed::Fresh(_)));
+    }
+
+    #[test]
+    fn a_silent_client_is_timed_out_after_interval_plus_timeout() {
+        let hub = hub(4);
+        let a = hub.join("r").unwrap();
+        let b = hub.join("r").unwrap();
+        let mut b_io = Reader(b.clone(), 0);
+        drain(&mut b_io);
+        let (a_seen, _) = a.liveness();
+        std::thread::sleep(Duration::from_millis(30));
+        b.touch(); // b is 30 ms younger: only a's silence reaches the limit below
+        hub.reap(a_seen + Duration::from_millis(1499));
+        assert!(drain(&mut b_io).is_empty());
+        hub.reap(a_seen + Duration::from_millis(1501));
+        assert_eq!(b.close_code(), None);
+        assert_eq!(a.close_code(), Some(CloseCode::HeartbeatTimeout));
+        assert_eq!(drain(&mut b_io), [ServerMessage::PeerLeft { peer_id: a.peer_id().into(), reason: LeaveReason::Timeout }]);
+    }
+
     #[test]
     fn peer_ids_are_long_and_distinct() {
-        let a = new_peer_id();
+        let a = new_id();
         assert_eq!(a.len(), 32);
-        assert_ne!(a, new_peer_id());
+        assert_ne!(a, new_id());
     }
 }

@@ -74,6 +74,7 @@ impl Server {
             limits: Limits { max_message_bytes: cfg.max_message_bytes, max_peers: cfg.max_peers },
             heartbeat: Heartbeat { interval_ms: cfg.heartbeat_interval_ms, timeout_ms: cfg.heartbeat_timeout_ms },
             outbox: cfg.outbox,
+            resume_window: Duration::from_millis(cfg.resume_window_ms),
             ice_servers,
         }));
         Ok(Server { listener, addr, hub, cfg, stun })
@@ -103,7 +104,8 @@ impl Server {
         let hub = self.hub.clone();
         let stun = self.stun.map(|s| tokio::spawn(s.run()));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = warp::serve(routes::routes(self.hub.clone(), web))
+        let reaper = tokio::spawn(reap_forever(self.hub.clone()));
+        let server = warp::serve(routes::routes(self.hub.clone(), web, &self.cfg.transports))
             .incoming(self.listener)
             .graceful(async move {
                 let _ = stop_rx.await;
@@ -123,6 +125,18 @@ impl Server {
         if let Some(stun) = stun {
             stun.abort();
         }
+        reaper.abort();
         tracing::info!(left_open = hub.session_count(), "stopped");
+    }
+}
+
+/// Ends sessions whose resume window or heartbeat ran out. 100 ms keeps "announced as left within
+/// interval + timeout" true to a tenth of a second, for the cost of a scan of the session table.
+async fn reap_forever(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        hub.reap(std::time::Instant::now());
     }
 }

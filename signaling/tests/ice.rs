@@ -158,6 +158,7 @@ async fn hub_with_turn(file: &std::path::Path) -> Arc<Hub> {
         limits: protocol::Limits { max_message_bytes: 65_536, max_peers: 16 },
         heartbeat: protocol::Heartbeat { interval_ms: 1000, timeout_ms: 500 },
         outbox: 16,
+        resume_window: std::time::Duration::from_secs(1),
         ice_servers: ice,
     }))
 }
@@ -165,7 +166,11 @@ async fn hub_with_turn(file: &std::path::Path) -> Arc<Hub> {
 #[tokio::test]
 async fn get_v1_ice_returns_fresh_credentials_and_refuses_bad_peer_ids() {
     let file = secret_file("route");
-    let routes = signaling::routes::routes(hub_with_turn(&file).await, signaling::web::WebRoot::Embedded);
+    let routes = signaling::routes::routes(
+        hub_with_turn(&file).await,
+        signaling::web::WebRoot::Embedded,
+        &[signaling::transport::Kind::Ws],
+    );
 
     let res = warp::test::request().path("/v1/ice?peer_id=abc123").reply(&routes).await;
     assert_eq!(res.status(), 200);

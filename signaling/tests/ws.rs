@@ -167,18 +167,35 @@ async fn a_full_room_refuses_with_a_code() {
 
 #[tokio::test]
 async fn peer_left_on_close_and_on_leave() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_with(|c| c.resume_window_ms = 400).await;
     let mut a = Client::join(&srv, "r").await;
     let mut b = Client::join(&srv, "r").await;
     let c = Client::join(&srv, "r").await;
-    a.recv().await;
-    a.recv().await;
-    b.recv().await;
-    // Abrupt close (tab closed, process killed: the socket ends).
+    let mut d = Client::join(&srv, "r").await;
+    for _ in 0..3 {
+        a.recv().await;
+    }
+    for _ in 0..2 {
+        b.recv().await;
+    }
+    // Abrupt end (process killed, network gone: no close frame): the session may still be resumed, so the
+    // others hear of it only when the resume window has passed.
     let c_id = c.id();
     drop(c);
+    a.expect_silence(Duration::from_millis(250)).await;
     assert_eq!(a.recv().await, ServerMessage::PeerLeft { peer_id: c_id.clone(), reason: LeaveReason::Closed });
     assert_eq!(b.recv().await, ServerMessage::PeerLeft { peer_id: c_id, reason: LeaveReason::Closed });
+    // A close frame 1000/1001 (tab closed) means gone for good: announced at once.
+    let d_id = d.id();
+    d.send_raw(Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1001.into(),
+        reason: "going away".into(),
+    })))
+    .await;
+    let started = std::time::Instant::now();
+    assert_eq!(a.recv().await, ServerMessage::PeerLeft { peer_id: d_id.clone(), reason: LeaveReason::Closed });
+    assert!(started.elapsed() < Duration::from_millis(300), "a clean close waited for the resume window");
+    assert_eq!(b.recv().await, ServerMessage::PeerLeft { peer_id: d_id, reason: LeaveReason::Closed });
     // Explicit leave: the leaver gets a normal close.
     b.send(&ClientMessage::Leave).await;
     assert_eq!(b.expect_close().await, 1000);

@@ -188,6 +188,12 @@ impl SignalingServer {
     /// its `signaling listening on http://…` line. Its stderr goes to `e2e-artifacts/signaling-<n>.log`
     /// (n counts the servers this test process started, so reruns overwrite rather than pile up).
     pub fn start(args: &[&str]) -> Result<Self> {
+        Self::start_at("127.0.0.1:0", args)
+    }
+
+    /// Like [`start`](Self::start), listening on `listen`: e.g. `127.0.0.1:PORT` of a server that was killed,
+    /// to bring it back where its clients reconnect.
+    pub fn start_at(listen: &str, args: &[&str]) -> Result<Self> {
         let binary = signaling_binary()?;
         let log_path = artifacts_dir()?.join(format!(
             "signaling-{}.log",
@@ -197,7 +203,7 @@ impl SignalingServer {
             .with_context(|| format!("creating {}", log_path.display()))?;
         let mut child = Command::new(&binary)
             // A free STUN port too: servers of tests running side by side must not fight over 3478.
-            .args(["--listen", "127.0.0.1:0", "--stun-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--stun-listen", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -533,4 +539,105 @@ fn unique() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("{}-{nanos:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+// --- The web demo's test hooks (docs/web-demo.md), shared by the browser tests ---
+
+/// The expression that reads the demo page's state (`window.demo.state()`), or null before the page is up.
+pub const DEMO_STATE: &str = "window.demo?.state() ?? null";
+/// How long a page may take to get its `welcome`.
+pub const DEMO_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long two pages may take to open and ready their chat channel.
+pub const DEMO_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl SignalingServer {
+    /// The port it listens on.
+    pub fn port(&self) -> Result<u16> {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .with_context(|| format!("no port in {}", self.url))
+    }
+}
+
+/// Loads the demo at `url` and waits for its `welcome`; returns the page's peer id.
+pub async fn demo_join(browser: &Browser, url: &str) -> Result<String> {
+    browser.goto(url).await?;
+    browser
+        .wait_for(
+            "welcome from the server",
+            DEMO_JOIN_TIMEOUT,
+            DEMO_STATE,
+            |state| {
+                if state.get("signaling")? != "open" {
+                    return None;
+                }
+                state.get("peerId")?.as_str().map(str::to_owned)
+            },
+        )
+        .await
+}
+
+/// Waits until the page's chat channel with `peer` is ready (that peer's `hello` arrived).
+pub async fn demo_wait_ready(browser: &Browser, peer: &str) -> Result<()> {
+    browser
+        .wait_for(
+            &format!("the chat channel with {peer} to be ready"),
+            DEMO_CONNECT_TIMEOUT,
+            DEMO_STATE,
+            |state| (state.pointer(&format!("/peers/{peer}/ready"))? == true).then_some(()),
+        )
+        .await
+}
+
+/// `a` joins `url`, then `b`, and both wait until their channel is ready; returns their peer ids.
+pub async fn demo_connect_pair(a: &Browser, b: &Browser, url: &str) -> Result<(String, String)> {
+    let a_id = demo_join(a, url).await?;
+    let b_id = demo_join(b, url).await?;
+    demo_wait_ready(a, &b_id).await?;
+    demo_wait_ready(b, &a_id).await?;
+    Ok((a_id, b_id))
+}
+
+/// Sends `text` from `from` (like its composer) and waits until `to` received it from `from_id`.
+pub async fn demo_chat(from: &Browser, from_id: &str, to: &Browser, text: &str) -> Result<()> {
+    from.execute("return window.demo.send(arguments[0]);", vec![json!(text)])
+        .await?;
+    to.wait_for(
+        &format!("{text:?} from {from_id}"),
+        DEMO_CONNECT_TIMEOUT,
+        DEMO_STATE,
+        |state| {
+            state
+                .get("received")?
+                .as_array()?
+                .iter()
+                .any(|line| line["from"] == from_id && line["text"] == text)
+                .then_some(())
+        },
+    )
+    .await
+}
+
+/// On failure, saves a screenshot and the demo state of each browser, and adds both to the error.
+pub async fn keep_failure_artifacts<T>(
+    outcome: Result<T>,
+    browsers: &[&Browser],
+    label: &str,
+) -> Result<T> {
+    let Err(err) = outcome else { return outcome };
+    let mut notes = Vec::new();
+    for browser in browsers {
+        let file = format!("failure-{label}-{}.png", browser.name());
+        match browser.screenshot(&file).await {
+            Ok(path) => notes.push(format!("screenshot {}", path.display())),
+            Err(shot) => notes.push(format!("no screenshot of {}: {shot:#}", browser.name())),
+        }
+        match browser.eval(DEMO_STATE).await {
+            Ok(state) => notes.push(format!("{} state: {state}", browser.name())),
+            Err(eval) => notes.push(format!("no state from {}: {eval:#}", browser.name())),
+        }
+    }
+    Err(anyhow!("{err:?}\n\nartifacts:\n{}", notes.join("\n")))
 }

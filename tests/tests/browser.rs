@@ -7,19 +7,26 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, ensure};
-use e2e::{Browser, SignalingServer, require_loopback_only_network};
+use anyhow::{Context, Result, ensure};
+use e2e::{
+    Browser, DEMO_CONNECT_TIMEOUT as CONNECT_TIMEOUT, DEMO_STATE as STATE, SignalingServer,
+    demo_chat, demo_connect_pair as connect_pair, demo_join as join, demo_wait_ready as wait_ready,
+    keep_failure_artifacts, require_loopback_only_network,
+};
 use serde_json::{Value, json};
 
 /// How many fresh rooms the timing test joins, unless `E2E_RUNS` says otherwise.
 const DEFAULT_RUNS: usize = 12;
-const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The demo refreshes getStats once a second.
 const STATS_TIMEOUT: Duration = Duration::from_secs(5);
-/// A vanished peer is announced within heartbeat interval + timeout (10 s + 5 s by default).
+/// A vanished peer is announced within heartbeat interval + timeout (10 s + 5 s by default), a dropped
+/// connection once the resume window (`RESUME_WINDOW_MS` here) has passed.
 const PEER_GONE_TIMEOUT: Duration = Duration::from_secs(20);
-const STATE: &str = "window.demo?.state() ?? null";
+const RESUME_WINDOW_MS: &str = "2000";
+/// The backoff cap (docs/protocol.md: no reconnect waits 20 s) plus the time to connect.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long the restart test keeps the server down: several reconnect attempts fail meanwhile.
+const SERVER_DOWN: Duration = Duration::from_secs(3);
 
 /// Browser tests run one at a time: each drives two Chromium processes, and on a small machine two tests
 /// at once would both slow down and skew the timings being measured.
@@ -66,7 +73,8 @@ async fn two_browsers_chat_over_a_direct_data_channel() -> Result<()> {
 async fn a_peer_that_goes_away_is_removed() -> Result<()> {
     require_loopback_only_network()?;
     let _one_at_a_time = BROWSERS.lock().await;
-    let server = SignalingServer::start(&[])?;
+    // A dropped connection waits for a resume this long before the others are told (30 s by default).
+    let server = SignalingServer::start(&["--resume-window-ms", RESUME_WINDOW_MS])?;
     let a = Browser::launch("stays").await?;
     let b = Browser::launch("goes").await?;
 
@@ -88,7 +96,8 @@ async fn a_peer_that_goes_away_is_removed() -> Result<()> {
     .await;
     keep_failure_artifacts(outcome, &[&a, &b], "navigate-away").await?;
 
-    // A killed browser says nothing; its socket closing is what tells the server.
+    // A killed browser says nothing; its socket closing tells the server, which announces it once the resume
+    // window has passed without a resume.
     let outcome = async {
         let (_, b_id) = connect_pair(&a, &b, &url).await?;
         Ok(b_id)
@@ -105,6 +114,90 @@ async fn a_peer_that_goes_away_is_removed() -> Result<()> {
     );
     a.close().await?;
     Ok(())
+}
+
+/// A server restart costs no direct channel: with the server killed (SIGKILL, no goodbye) the pages keep
+/// chatting peer to peer; once a server is back on the same port both pages reconnect by themselves, get new
+/// sessions (the new server knows nothing of the old ones: `recovered: false`, new peer ids) and open a
+/// channel to each other's new id.
+#[tokio::test]
+async fn channels_survive_a_server_restart_and_the_pages_come_back() -> Result<()> {
+    require_loopback_only_network()?;
+    let _one_at_a_time = BROWSERS.lock().await;
+    let server = SignalingServer::start(&[])?;
+    let listen = format!("127.0.0.1:{}", server.port()?);
+    let a = Browser::launch("restart-a").await?;
+    let b = Browser::launch("restart-b").await?;
+    let url = format!("{}/#room=e2e-restart-{}", server.url(), std::process::id());
+
+    let outcome = async {
+        let (a_id, b_id) = connect_pair(&a, &b, &url).await?;
+        for (browser, id) in [(&a, &a_id), (&b, &b_id)] {
+            let transport = browser.eval(&format!("({STATE})?.transport")).await?;
+            ensure!(transport == "ws", "{id} uses {transport}, expected ws");
+        }
+        drop(server); // SIGKILL
+        let killed = Instant::now();
+        for browser in [&a, &b] {
+            browser
+                .wait_for("signaling to notice the server is gone", Duration::from_secs(5), STATE, |state| {
+                    (state.get("signaling")? != "open").then_some(())
+                })
+                .await?;
+        }
+        demo_chat(&a, &a_id, &b, "server down: a → b").await?;
+        demo_chat(&b, &b_id, &a, "server down: b → a").await?;
+        let p2p_ms = killed.elapsed().as_millis();
+        // Down long enough for several failed attempts (backoff), and the channel still carries messages.
+        tokio::time::sleep(SERVER_DOWN.saturating_sub(killed.elapsed())).await;
+        demo_chat(&a, &a_id, &b, "server still down: a → b").await?;
+
+        let down_ms = killed.elapsed().as_millis();
+        let restarted = Instant::now();
+        let server = SignalingServer::start_at(&listen, &[])?;
+        let new_a = wait_new_session(&a, &a_id).await?;
+        let new_b = wait_new_session(&b, &b_id).await?;
+        let back_ms = restarted.elapsed().as_millis();
+        ensure!(new_a != new_b, "both pages got the same peer id {new_a}");
+        wait_ready(&a, &new_b).await?;
+        wait_ready(&b, &new_a).await?;
+        let ready_ms = restarted.elapsed().as_millis();
+        demo_chat(&a, &new_a, &b, "after the restart: a → b").await?;
+        demo_chat(&b, &new_b, &a, "after the restart: b → a").await?;
+        for (browser, old) in [(&a, &b_id), (&b, &a_id)] {
+            let peers = browser.eval(&format!("Object.keys(({STATE})?.peers ?? {{}})")).await?;
+            ensure!(!peers.to_string().contains(old.as_str()), "{} still lists the old peer {old}: {peers}", browser.name());
+        }
+        println!(
+            "server restart: chat both ways over the channel {p2p_ms} ms after SIGKILL, again at {down_ms} ms; \
+             both pages back (new sessions over ws) {back_ms} ms after the restart, channel ready {ready_ms} ms"
+        );
+        Ok(server)
+    }
+    .await;
+    let _server = keep_failure_artifacts(outcome, &[&a, &b], "restart").await?;
+    a.close().await?;
+    b.close().await?;
+    Ok(())
+}
+
+/// Waits until the page is open again over WebSocket with a peer id other than `old`; returns the new id.
+/// A reconnect waits at most the backoff cap (20 s) plus the time to connect.
+async fn wait_new_session(browser: &Browser, old: &str) -> Result<String> {
+    browser
+        .wait_for(
+            &format!("a new session (the old one was {old}) over ws"),
+            RECONNECT_TIMEOUT,
+            STATE,
+            |state| {
+                let id = state.get("peerId")?.as_str()?;
+                let back = state.get("signaling")? == "open"
+                    && state.get("transport")? == "ws"
+                    && id != old;
+                back.then(|| id.to_owned())
+            },
+        )
+        .await
 }
 
 struct RunOutcome {
@@ -217,39 +310,6 @@ async fn chat_in_fresh_room(
     })
 }
 
-/// Loads the page and waits for its `welcome`; returns the page's peer id.
-async fn join(browser: &Browser, url: &str) -> Result<String> {
-    browser.goto(url).await?;
-    browser
-        .wait_for("welcome from the server", JOIN_TIMEOUT, STATE, |state| {
-            if state.get("signaling")? != "open" {
-                return None;
-            }
-            state.get("peerId")?.as_str().map(str::to_owned)
-        })
-        .await
-}
-
-/// `a` joins, then `b`, and both wait until their channel is ready; returns their peer ids.
-async fn connect_pair(a: &Browser, b: &Browser, url: &str) -> Result<(String, String)> {
-    let a_id = join(a, url).await?;
-    let b_id = join(b, url).await?;
-    wait_ready(a, &b_id).await?;
-    wait_ready(b, &a_id).await?;
-    Ok((a_id, b_id))
-}
-
-async fn wait_ready(browser: &Browser, peer: &str) -> Result<()> {
-    browser
-        .wait_for(
-            &format!("the chat channel with {peer} to be ready"),
-            CONNECT_TIMEOUT,
-            STATE,
-            |state| (state.pointer(&format!("/peers/{peer}/ready"))? == true).then_some(()),
-        )
-        .await
-}
-
 async fn wait_peer_gone(browser: &Browser, peer: &str) -> Result<()> {
     browser
         .wait_for(
@@ -286,28 +346,6 @@ async fn check_host_path(browser: &Browser, peer: &str) -> Result<()> {
         browser.name()
     );
     Ok(())
-}
-
-/// On failure, saves a screenshot and the demo state of each browser, and adds both to the error.
-async fn keep_failure_artifacts<T>(
-    outcome: Result<T>,
-    browsers: &[&Browser],
-    label: &str,
-) -> Result<T> {
-    let Err(err) = outcome else { return outcome };
-    let mut notes = Vec::new();
-    for browser in browsers {
-        let file = format!("failure-{label}-{}.png", browser.name());
-        match browser.screenshot(&file).await {
-            Ok(path) => notes.push(format!("screenshot {}", path.display())),
-            Err(shot) => notes.push(format!("no screenshot of {}: {shot:#}", browser.name())),
-        }
-        match browser.eval(STATE).await {
-            Ok(state) => notes.push(format!("{} state: {state}", browser.name())),
-            Err(eval) => notes.push(format!("no state from {}: {eval:#}", browser.name())),
-        }
-    }
-    Err(anyhow!("{err:?}\n\nartifacts:\n{}", notes.join("\n")))
 }
 
 /// `E2E_RUNS` raises the number of runs when a measurement needs more samples.

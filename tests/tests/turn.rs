@@ -56,8 +56,8 @@ async fn relay_pair(a_cfg: PeerConfig, b_cfg: PeerConfig) -> Result<()> {
     for ev in [&mut a_ev, &mut b_ev] {
         next_event(ev, "the chat channel to open", |e| matches!(e, Event::ChannelOpen { .. }).then_some(())).await?;
     }
-    a.send(b.id(), "chat", Payload::Text("via the relay".into())).await?;
-    b.send(a.id(), "chat", Payload::Binary(vec![7u8; 100_000].into())).await?;
+    a.send(&b.id(), "chat", Payload::Text("via the relay".into())).await?;
+    b.send(&a.id(), "chat", Payload::Binary(vec![7u8; 100_000].into())).await?;
     let got = next_event(&mut b_ev, "a's message", |e| match e {
         Event::Message { payload, .. } => Some(payload.clone()),
         _ => None,
@@ -71,7 +71,7 @@ async fn relay_pair(a_cfg: PeerConfig, b_cfg: PeerConfig) -> Result<()> {
     .await?;
     ensure!(got.len() == 100_000 && got.iter().all(|&x| x == 7), "a got {} bytes", got.len());
     for (me, other) in [(&a, b.id()), (&b, a.id())] {
-        let path = me.selected_path(other).await?;
+        let path = me.selected_path(&other).await?;
         ensure!(path == Some(("relay".into(), "relay".into())), "{}: selected pair {path:?}", me.id());
     }
     a.close().await;

@@ -2,7 +2,8 @@
 
 import { SignalingClient } from './signaling.js';
 import { Mesh } from './mesh.js';
-import { createUi } from './ui.js';
+import { TRANSPORTS } from './transports.js';
+import { createUi, transportLabel } from './ui.js';
 
 const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
 const RENDER_INTERVAL_MS = 1000;
@@ -10,12 +11,15 @@ const RENDER_INTERVAL_MS = 1000;
 const probeEarly = new URLSearchParams(location.search).get('probe') === 'early';
 // `?relay=only`: TURN relays only (for tests, and for anyone who does not want peers to see their address).
 const relayOnly = new URLSearchParams(location.search).get('relay') === 'only';
+// `transport=ws|sse|longpoll|shortpoll`, in the fragment (like the room) or the query: use only that one.
+const forcedTransport = param('transport');
 // Filled in by the mesh; created here so `window.demo.timings` exists before the first join.
 const timings = { welcomeAt: null, openAt: {}, dcOpenAt: {} };
 
 /** @type {{room: string, signaling: SignalingClient, mesh: Mesh} | null} */
 let session = null;
 let serverRttMs = null;
+let resumes = 0;
 
 const ui = createUi({
   onJoin: (room) => {
@@ -35,6 +39,11 @@ function sendChat(text) {
   return peers;
 }
 
+/** A parameter of the fragment (`#room=…&transport=…`), or else of the query string. */
+function param(name) {
+  return new URLSearchParams(location.hash.slice(1)).get(name) ?? new URLSearchParams(location.search).get(name);
+}
+
 function roomFromHash() {
   return new URLSearchParams(location.hash.slice(1)).get('room');
 }
@@ -44,7 +53,10 @@ function state() {
     peerId: session?.signaling.peerId ?? null,
     room: session?.room ?? null,
     signaling: session?.signaling.state ?? 'closed',
+    transport: session?.signaling.transport ?? null, // "ws" | "sse" | "longpoll" | "shortpoll"
+    forcedTransport: session?.forced ?? null,
     serverRttMs,
+    resumes, // sessions resumed after a drop (`resumed` messages)
     peers: session?.mesh.snapshot() ?? {},
     received: session ? [...session.mesh.received] : [],
     earlyReceived: session?.mesh.earlyReceived ?? 0,
@@ -57,15 +69,37 @@ function join(room) {
     ui.showJoin(randomRoom());
     return;
   }
-  const signaling = new SignalingClient(room);
+  let forced = null;
+  if (forcedTransport !== null) {
+    if (Object.hasOwn(TRANSPORTS, forcedTransport)) forced = forcedTransport;
+    else ui.notice(`Unknown transport "${forcedTransport}"; trying them all.`, { bad: true });
+  }
+  const signaling = new SignalingClient(room, forced ? { transports: [forced] } : {});
   const mesh = new Mesh(signaling, { probeEarly, timings, relayOnly });
-  session = { room, signaling, mesh };
+  session = { room, signaling, mesh, forced };
   ui.showSession(room);
 
   const render = () => ui.render(state());
   signaling.addEventListener('state', render);
-  signaling.addEventListener('welcome', () => {
-    ui.notice(`Joined "${room}".`);
+  signaling.addEventListener('transport', render);
+  /** "SSE + POST (WebSocket unavailable)": which transport, and whether it is a fallback. */
+  const over = () => {
+    const { transport, transports } = signaling;
+    const fallback = transport !== transports[0] ? ` (${transports.slice(0, transports.indexOf(transport))
+      .map(transportLabel).join(', ')} unavailable)` : '';
+    return `${transportLabel(transport)}${forced ? ' (forced)' : fallback}`;
+  };
+  signaling.addEventListener('welcome', (e) => {
+    if (e.detail.recovered === false) {
+      ui.notice(`The signaling session could not be resumed: new peer id, connecting to the peers again (over ${over()}).`, { bad: true });
+    } else {
+      ui.notice(`Joined "${room}" over ${over()}.`);
+    }
+    render();
+  });
+  signaling.addEventListener('resumed', (e) => {
+    resumes += 1;
+    ui.notice(`Signaling resumed over ${over()}: ${e.detail.replayed} missed messages replayed.`);
     render();
   });
   signaling.addEventListener('pong', (e) => { serverRttMs = e.detail.rttMs; });
@@ -77,6 +111,7 @@ function join(room) {
     const { code, reason, reconnectInMs } = e.detail;
     const why = `Signaling closed (${code}${reason ? ` ${reason}` : ''})`;
     if (reconnectInMs === null) ui.notice(`${why}.`, { bad: code !== 1000 });
+    else if (reconnectInMs === 0) ui.notice(`${why}; resuming now. Peer connections stay up meanwhile.`, { bad: true });
     else ui.notice(`${why}; reconnecting in ${(reconnectInMs / 1000).toFixed(1)} s.`, { bad: true });
   });
   signaling.addEventListener('peer-joined', (e) => ui.addChatLine({ system: true, text: `${e.detail.peer_id} joined.` }));
@@ -98,14 +133,17 @@ function randomRoom() {
 
 window.demo = {
   state,
+  // Drops the signaling connection as a network failure would; the client resumes by itself.
+  dropSignaling: () => session?.signaling.dropConnection(),
   send: sendChat,
   timings,
 };
 
 addEventListener('hashchange', () => {
   const room = roomFromHash();
-  // One page load is one room: a fresh page is the simplest way to drop every connection and counter.
-  if (room !== (session?.room ?? null)) location.reload();
+  // One page load is one room (and one transport choice): a fresh page is the simplest way to drop every
+  // connection and counter.
+  if (room !== (session?.room ?? null) || param('transport') !== forcedTransport) location.reload();
 });
 
 addEventListener('pagehide', () => {

@@ -73,9 +73,12 @@ export class Mesh extends EventTarget {
   }
 
   #onWelcome(welcome) {
-    // A new session means a new peer id: the others have been told our old id left, so every connection
-    // from the previous session is dead on their side too.
-    this.close();
+    // A welcome always starts a new session (a resumed one gets `resumed` instead): a new peer id, which the
+    // others know nothing of, and `welcome.peers` may be other sessions than the ones we had. Connections of
+    // the previous session are dropped and everything is negotiated afresh with `welcome.peers`. (While the
+    // signaling connection is merely down, nothing here changes: established channels keep working.)
+    const reason = welcome.recovered === false ? 'new session' : 'closed';
+    for (const id of [...this.#peers.keys()]) this.#removePeer(id, reason);
     this.#selfId = welcome.peer_id;
     this.#iceServers = Array.isArray(welcome.ice_servers) ? welcome.ice_servers : [];
     this.#scheduleIceRefresh();

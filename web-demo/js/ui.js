@@ -15,6 +15,15 @@ const STATE_CLASS = {
   closing: 'state-bad',
 };
 
+const TRANSPORT_LABELS = {
+  ws: 'WebSocket', sse: 'SSE + POST', longpoll: 'long polling + POST', shortpoll: 'short polling + POST',
+};
+
+/** How the page names a transport ("sse" → "SSE + POST"). */
+export function transportLabel(kind) {
+  return TRANSPORT_LABELS[kind] ?? '–';
+}
+
 /**
  * @param {{onJoin: (room: string) => void, onSend: (text: string) => void}} handlers
  */
@@ -29,6 +38,7 @@ export function createUi({ onJoin, onSend }) {
     roomName: $('room-name'),
     peerId: $('peer-id'),
     signalingState: $('signaling-state'),
+    transport: $('transport'),
     serverRtt: $('server-rtt'),
     peerCount: $('peer-count'),
     noPeers: $('no-peers'),
@@ -92,10 +102,15 @@ export function createUi({ onJoin, onSend }) {
       if (atBottom) el.chatLog.scrollTop = el.chatLog.scrollHeight;
     },
 
-    /** @param {{peerId: string|null, signaling: string, serverRttMs: number|null, peers: object}} state */
+    /**
+     * @param {{peerId: string|null, signaling: string, transport: string|null, forcedTransport: string|null,
+     *   serverRttMs: number|null, peers: object}} state
+     */
     render(state) {
       el.peerId.textContent = state.peerId ?? '…';
       setState(el.signalingState, state.signaling);
+      el.transport.textContent = `${transportLabel(state.transport)}${state.forcedTransport ? ' (forced)' : ''}`;
+      el.transport.dataset.transport = state.transport ?? '';
       el.serverRtt.textContent = formatMs(state.serverRttMs);
       const entries = Object.entries(state.peers);
       el.peerCount.textContent = entries.length ? `(${entries.length})` : '';

@@ -1,16 +1,18 @@
 //! WebSocket transport: a thin adapter between one socket and one [`Session`].
 //!
-//! The reader decodes frames and hands them to the [`Hub`]; the writer drains the session's queue and
-//! sends heartbeat pings. Each runs in its own task so that a client that stops reading cannot stop
-//! the server from reading it (and noticing it died), and vice versa.
+//! The reader decodes frames and hands them to the [`Hub`]; the writer drains the session through a
+//! [`Feed`] and sends heartbeat pings. Each runs in its own task so that a client that stops reading cannot
+//! stop the server from reading it (and noticing it died), and vice versa.
 
-use crate::hub::{Flow, Hub};
-use crate::session::{Session, SessionIo};
+use super::{Feed, Next, Start};
+use crate::hub::{Flow, Hub, leave_reason};
+use crate::session::Session;
 use futures_util::{SinkExt, StreamExt};
-use protocol::{ClientMessage, CloseCode, ErrorCode, LeaveReason, ServerEnvelope, ServerMessage};
+use protocol::{ClientEnvelope, CloseCode, ErrorCode, ServerEnvelope, ServerMessage};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use warp::ws::{Message, WebSocket};
 
 /// The hard cap on a frame, as a multiple of `max_message_bytes`. Between the soft limit and this one a
@@ -21,10 +23,36 @@ pub const HARD_LIMIT_FACTOR: usize = 4;
 /// How long the writer may take to send the close frame before the socket is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// Why the reader stopped.
+enum ReadEnd {
+    /// The client sent `leave`.
+    Left,
+    /// Nothing from the client within the heartbeat limit.
+    Silent,
+    /// The client closed the socket on purpose (close frame 1000/1001 or none): it will not come back.
+    Closed,
+    /// A frame above the hard cap.
+    TooBig,
+    /// The socket failed, ended without a close frame, or was closed with another code (a client that
+    /// means to resume): the session waits for it.
+    Dropped,
+    /// The writer finished first.
+    Writer(WriterEnd),
+}
+
+/// Why the writer stopped.
+#[derive(Debug, Clone, Copy)]
+enum WriterEnd {
+    /// It sent (or tried to send) a close frame with this code.
+    Closed(CloseCode),
+    /// The socket failed, or the reader told it to stop.
+    Gone,
+}
+
 /// Serves one upgraded socket until it closes.
-pub async fn serve(socket: WebSocket, room: String, hub: Arc<Hub>) {
+pub async fn serve(socket: WebSocket, room: String, start: Start, hub: Arc<Hub>) {
     let (mut sink, mut stream) = socket.split();
-    let (session, io) = match hub.join(&room) {
+    let (session, after) = match start.run(&hub, &room) {
         Ok(joined) => joined,
         Err(e) => {
             let (code, close) = e.codes();
@@ -39,65 +67,97 @@ pub async fn serve(socket: WebSocket, room: String, hub: Arc<Hub>) {
             return;
         }
     };
-    let SessionIo { outbox, kill } = io;
     let interval = Duration::from_millis(hub.config().heartbeat.interval_ms);
     let silence_limit = interval + Duration::from_millis(hub.config().heartbeat.timeout_ms);
-    let writer = tokio::spawn(write_loop(sink, outbox, kill.clone(), interval));
-    let reason = read_loop(&mut stream, &hub, &session, kill, silence_limit).await;
-    // Make sure the writer ends too (it sends the close frame for our code, if any).
-    session.close(match reason {
-        LeaveReason::Timeout => CloseCode::HeartbeatTimeout,
-        LeaveReason::SlowConsumer => CloseCode::SlowConsumer,
-        LeaveReason::Shutdown => CloseCode::Shutdown,
-        LeaveReason::Left | LeaveReason::Closed => CloseCode::Normal,
-    });
-    hub.leave(&session, reason);
-    let _ = writer.await;
+    let feed = Feed::attach(session.clone(), after, interval);
+    let generation = feed.generation();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut writer = tokio::spawn(write_loop(sink, feed, stop_rx));
+    let end = read_loop(&mut stream, &hub, &session, silence_limit, &mut writer).await;
+    let writer_end = match end {
+        ReadEnd::Writer(w) => w,
+        ReadEnd::Left => {
+            session.close(CloseCode::Normal);
+            writer.await.unwrap_or(WriterEnd::Gone)
+        }
+        ReadEnd::Silent => {
+            tracing::info!(peer = %session.peer_id(), "heartbeat timeout");
+            session.close(CloseCode::HeartbeatTimeout);
+            writer.await.unwrap_or(WriterEnd::Gone)
+        }
+        ReadEnd::Closed => {
+            session.close(CloseCode::Normal);
+            hub.leave(&session, protocol::LeaveReason::Closed);
+            writer.await.unwrap_or(WriterEnd::Gone)
+        }
+        ReadEnd::TooBig => {
+            session.close(CloseCode::MessageTooBig);
+            writer.await.unwrap_or(WriterEnd::Gone)
+        }
+        ReadEnd::Dropped => {
+            let _ = stop_tx.send(true);
+            writer.await.unwrap_or(WriterEnd::Gone)
+        }
+    };
+    match writer_end {
+        // The session lives on in the newer connection.
+        WriterEnd::Closed(CloseCode::Superseded) => {}
+        WriterEnd::Closed(code) => hub.leave(&session, leave_reason(code)),
+        WriterEnd::Gone => match session.close_code() {
+            Some(code) => hub.leave(&session, leave_reason(code)),
+            // The connection dropped: the client may resume within the window.
+            None => {
+                tracing::debug!(peer = %session.peer_id(), "connection dropped: resume window starts");
+                session.detach(generation);
+            }
+        },
+    }
 }
 
 async fn read_loop(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     hub: &Hub,
     session: &Session,
-    mut kill: watch::Receiver<Option<CloseCode>>,
     silence_limit: Duration,
-) -> LeaveReason {
+    writer: &mut JoinHandle<WriterEnd>,
+) -> ReadEnd {
     let max = hub.config().limits.max_message_bytes;
     loop {
         let frame = tokio::select! {
-            _ = kill.changed() => return leave_reason(session.close_code()),
+            w = &mut *writer => return ReadEnd::Writer(w.unwrap_or(WriterEnd::Gone)),
             // Any frame proves the client alive; the server pings every interval, so a live client
             // is never silent longer than interval + its pong latency.
             f = tokio::time::timeout(silence_limit, stream.next()) => f,
         };
         let msg = match frame {
-            Err(_) => {
-                tracing::info!(peer = %session.peer_id(), "heartbeat timeout");
-                return LeaveReason::Timeout;
-            }
-            Ok(None) => return LeaveReason::Closed,
+            Err(_) => return ReadEnd::Silent,
+            Ok(None) => return ReadEnd::Dropped,
             Ok(Some(Err(e))) => {
                 tracing::debug!(peer = %session.peer_id(), error = %e, "socket error");
                 if is_capacity_error(&e) {
                     // The only frame a client can make us drop the connection for: say so with 1009.
-                    session.close(CloseCode::MessageTooBig);
+                    return ReadEnd::TooBig;
                 }
-                return LeaveReason::Closed;
+                return ReadEnd::Dropped;
             }
             Ok(Some(Ok(msg))) => msg,
         };
+        session.touch();
         if msg.is_close() {
-            return LeaveReason::Closed;
+            return match msg.close_frame() {
+                None | Some((1000 | 1001, _)) => ReadEnd::Closed,
+                Some(_) => ReadEnd::Dropped,
+            };
         }
         if msg.is_binary() {
             hub.refuse(session, ErrorCode::BadJson, "binary frames are not supported; send JSON text");
             continue;
         }
         let Ok(text) = msg.to_str() else { continue }; // ping/pong frames: liveness only
-        match ClientMessage::decode(text, max) {
+        match ClientEnvelope::decode(text, max) {
             Ok(m) => {
-                if hub.handle(session, m) == Flow::Leave {
-                    return LeaveReason::Left;
+                if hub.handle_envelope(session, m) == Flow::Leave {
+                    return ReadEnd::Left;
                 }
             }
             Err(e) => hub.refuse(session, e.code(), e.to_string()),
@@ -107,51 +167,33 @@ async fn read_loop(
 
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut outbox: tokio::sync::mpsc::Receiver<crate::session::Outgoing>,
-    mut kill: watch::Receiver<Option<CloseCode>>,
-    interval: Duration,
-) {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    mut feed: Feed,
+    mut stop: watch::Receiver<bool>,
+) -> WriterEnd {
     loop {
-        // A send that blocks (client not reading) must not keep us from seeing the kill order.
-        let step = tokio::select! {
+        let next = tokio::select! {
             biased;
-            _ = kill.changed() => break,
-            out = outbox.recv() => match out {
-                Some(out) => send_cancellable(&mut sink, &mut kill, Message::text(out.text)).await,
-                None => break,
-            },
-            _ = ping.tick() => send_cancellable(&mut sink, &mut kill, Message::ping(Vec::new())).await,
+            _ = stop.changed() => return WriterEnd::Gone,
+            n = feed.next() => n,
         };
-        if !step {
-            break;
-        }
-    }
-    let code = *kill.borrow();
-    if let Some(code) = code {
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            // Deliver what was queued before the close order, except to a client that is not reading.
-            while code != CloseCode::SlowConsumer
-                && let Ok(out) = outbox.try_recv()
-            {
-                sink.send(Message::text(out.text)).await?;
+        let frames = match next {
+            Next::Messages(batch) => batch.into_iter().map(|o| Message::text(o.text)).collect(),
+            Next::Heartbeat => vec![Message::ping(Vec::new())],
+            Next::Close(code) => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::close_with(code.code(), code.reason())))
+                    .await;
+                return WriterEnd::Closed(code);
             }
-            sink.send(Message::close_with(code.code(), code.reason())).await
-        })
-        .await;
-    }
-}
-
-/// Sends one frame unless the session is killed meanwhile; false when the writer should stop.
-async fn send_cancellable(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    kill: &mut watch::Receiver<Option<CloseCode>>,
-    msg: Message,
-) -> bool {
-    tokio::select! {
-        r = sink.send(msg) => r.is_ok(),
-        _ = kill.changed() => false,
+        };
+        for frame in frames {
+            // A send that blocks (client not reading) must not keep us from seeing the kill order.
+            tokio::select! {
+                r = sink.send(frame) => if r.is_err() { return WriterEnd::Gone },
+                // The next `feed.next()` says why; the rest of the batch is not for this connection.
+                _ = feed.interrupted() => break,
+                _ = stop.changed() => return WriterEnd::Gone,
+            }
+        }
     }
 }
 
@@ -159,13 +201,4 @@ fn is_capacity_error(e: &warp::Error) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<tungstenite::Error>())
         .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
-}
-
-fn leave_reason(code: Option<CloseCode>) -> LeaveReason {
-    match code {
-        Some(CloseCode::SlowConsumer) => LeaveReason::SlowConsumer,
-        Some(CloseCode::HeartbeatTimeout) => LeaveReason::Timeout,
-        Some(CloseCode::Shutdown) => LeaveReason::Shutdown,
-        _ => LeaveReason::Closed,
-    }
 }

@@ -45,6 +45,11 @@ impl TestServer {
         TestServer { addr, stun, stop: Some(stop), task: Some(task) }
     }
 
+    /// A handle on a server another `TestServer` runs (for use from a spawned task); stops nothing.
+    pub fn attach(addr: SocketAddr) -> Self {
+        TestServer { addr, stun: None, stop: None, task: None }
+    }
+
     pub fn ws_url(&self, room: &str) -> String {
         format!("ws://{}/v1/rooms/{room}/ws", self.addr)
     }
@@ -119,7 +124,7 @@ impl Client {
     pub async fn assert_healthy(&mut self) {
         let id = self.last_seq + 1000;
         self.send(&ClientMessage::Ping { id: Some(id) }).await;
-        assert_eq!(self.recv().await, ServerMessage::Pong { id: Some(id) });
+        assert_eq!(self.recv().await, ServerMessage::Pong { id: Some(id), received: None });
     }
 
     /// Nothing arrives for `d`.

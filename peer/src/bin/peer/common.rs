@@ -21,6 +21,7 @@ pub struct Globals {
     pub bind: IpAddr,
     pub channel: String,
     pub relay_only: bool,
+    pub transports: Vec<peer::signaling::Transport>,
 }
 
 /// Why a command failed: printed as `peer: <code>: <message>`, exits with `exit`.
@@ -59,8 +60,9 @@ pub async fn connect(g: &Globals) -> Result<(Peer, mpsc::Receiver<Event>), Failu
     cfg.bind = g.bind;
     cfg.relay_only = g.relay_only;
     cfg.channels = vec![ChannelOptions::reliable(&g.channel)];
+    cfg.signaling.transports = g.transports.clone();
     let (peer, events) = Peer::connect(cfg).await?;
-    status(&format!("joined room {} as {}", g.room, peer.id()));
+    status(&format!("joined room {} as {} (over {})", g.room, peer.id(), peer.transport()));
     Ok((peer, events))
 }
 
@@ -100,6 +102,17 @@ pub fn print_presence(ev: &Event) -> bool {
         }
         Event::ChannelOpen { peer, label } => status(&format!("channel {label} to {} open", short(peer))),
         Event::ChannelClosed { peer, label } => status(&format!("channel {label} to {} closed", short(peer))),
+        Event::SignalingDisconnected { code } => match code {
+            Some(c) => status(&format!("signaling connection closed (code {c}); reconnecting, open channels stay up")),
+            None => status("signaling connection lost; reconnecting, open channels stay up"),
+        },
+        Event::SignalingReconnected { transport, resumed: true } => {
+            status(&format!("signaling resumed over {transport}"))
+        }
+        Event::SignalingReconnected { transport, resumed: false } => {
+            status(&format!("signaling reconnected over {transport} as a new session"))
+        }
+        Event::NewSession { id } => status(&format!("new session: now {}", short(id))),
         Event::SignalingClosed { code } => match code {
             Some(c) => status(&format!("signaling session closed (code {c}); open channels stay up")),
             None => status("signaling session closed; open channels stay up"),

@@ -1,0 +1,56 @@
+//! The WebSocket transport of the signaling client.
+
+use super::{Incoming, Link, Start, Transport};
+use crate::error::Error;
+use futures_util::{SinkExt, StreamExt};
+use protocol::ServerEnvelope;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Opens `GET {base}/v1/rooms/{room}/ws` (`base` is `ws://host:port`).
+pub(super) async fn open(base: &str, room: &str, start: &Start) -> Result<Link, Error> {
+    let query = match start {
+        Start::Join => String::new(),
+        Start::Resume { token, after } => format!("?resume={token}&after={after}"),
+    };
+    let url = format!("{base}/v1/rooms/{room}/ws{query}");
+    let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .map_err(|e| Error::Connect(format!("{base}/v1/rooms/{room}/ws: {e}")))?;
+    let (mut sink, mut stream) = ws.split();
+    let (in_tx, in_rx) = mpsc::channel(256);
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
+    let reader = tokio::spawn(async move {
+        while let Some(frame) = stream.next().await {
+            let incoming = match frame {
+                Ok(Message::Text(text)) => match ServerEnvelope::decode(&text) {
+                    Ok(env) => Incoming::Envelope(env),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable server message ignored");
+                        continue;
+                    }
+                },
+                Ok(Message::Close(frame)) => Incoming::Close(frame.map_or(1005, |f| u16::from(f.code))),
+                Ok(_) => continue, // pings are answered by tungstenite itself
+                Err(e) => {
+                    tracing::debug!(error = %e, "signaling socket error");
+                    break;
+                }
+            };
+            let closing = matches!(incoming, Incoming::Close(_));
+            if in_tx.send(incoming).await.is_err() || closing {
+                break;
+            }
+        }
+    });
+    let writer = tokio::spawn(async move {
+        while let Some(text) = out_rx.recv().await {
+            if sink.send(Message::text(text)).await.is_err() {
+                return;
+            }
+        }
+        // The supervisor let go of this link. No close frame: to the server a close frame means "gone for
+        // good", while a link dropped here is one the supervisor is about to resume elsewhere.
+    });
+    Ok(Link { kind: Transport::Ws, rx: in_rx, out: super::LinkOut::Ws(out_tx), tasks: vec![reader, writer] })
+}

@@ -1,0 +1,172 @@
+//! Server-sent events: `GET /v1/rooms/{room}/sse` streams every server message as an event whose `id`
+//! (`<token>-<seq>`) lets a browser's `EventSource` resume by itself through `Last-Event-ID`. The client
+//! sends its messages by `POST` to its session URL (see [`super::http`]).
+//!
+//! The rules that are easy to get wrong, kept here: the response is always `200 text/event-stream` (any
+//! other status makes `EventSource` give up for good, so refusals travel as events); comment heartbeats keep
+//! proxies from timing the stream out; `X-Accel-Buffering: no` stops nginx from buffering it; payload line
+//! breaks become several `data:` lines; CR, LF and NUL never reach `id` or `event`; a `retry:` hint sets the
+//! browser's reconnect delay.
+
+use super::{Feed, Next, Start};
+use crate::hub::{Hub, leave_reason};
+use bytes::Bytes;
+use protocol::{CloseNotice, ServerEnvelope, ServerMessage};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The reconnect delay suggested to `EventSource` (milliseconds). Short: a resume is cheap, and a browser
+/// only uses it for its own automatic reconnects.
+pub const RETRY_MS: u64 = 1000;
+
+/// Proxies commonly cut idle responses after 30–60 s; a comment at least this often keeps the stream alive.
+const MAX_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// A field value that would break the event framing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("SSE {field} must not contain CR, LF or NUL")]
+pub struct FieldError {
+    /// `id` or `event`.
+    pub field: &'static str,
+}
+
+/// Encodes one event. `data` may hold any line breaks (`\n`, `\r\n`, `\r`): each line becomes its own
+/// `data:` field, which the browser joins back with `\n`. `id` and `event` must be single clean lines.
+pub fn event(id: Option<&str>, name: Option<&str>, data: &str) -> Result<String, FieldError> {
+    let mut out = String::with_capacity(data.len() + 64);
+    for (field, value) in [("id", id), ("event", name)] {
+        if let Some(v) = value {
+            if v.contains(['\r', '\n', '\0']) {
+                return Err(FieldError { field });
+            }
+            out.push_str(field);
+            out.push_str(": ");
+            out.push_str(v);
+            out.push('\n');
+        }
+    }
+    for line in data.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Ok(out)
+}
+
+/// The event id of `seq` in the session holding `token`.
+pub fn event_id(token: &str, seq: u64) -> String {
+    format!("{token}-{seq}")
+}
+
+/// Reads a `Last-Event-ID` back into a resume request. Anything malformed still counts as an attempt to
+/// resume (so the client is told `recovered: false`), never as a valid session.
+pub fn parse_last_event_id(id: &str) -> Start {
+    match id.rsplit_once('-').map(|(t, s)| (t, s.parse::<u64>())) {
+        Some((token, Ok(after))) => Start::Resume { token: token.to_owned(), after },
+        _ => Start::Resume { token: String::new(), after: 0 },
+    }
+}
+
+/// Starts the stream for one `GET` and returns its response.
+pub fn respond(room: String, start: Start, hub: Arc<Hub>) -> warp::reply::Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(pump(room, start, hub, tx));
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
+    });
+    let mut res = warp::Reply::into_response(warp::reply::stream(body));
+    let h = res.headers_mut();
+    h.insert("content-type", "text/event-stream; charset=utf-8".parse().expect("static header"));
+    h.insert("cache-control", "no-cache, no-store, no-transform".parse().expect("static header"));
+    h.insert("x-accel-buffering", "no".parse().expect("static header"));
+    res
+}
+
+fn close_event(notice: CloseNotice) -> Bytes {
+    let data = serde_json::to_string(&notice).unwrap_or_default();
+    Bytes::from(event(None, Some("close"), &data).unwrap_or_default())
+}
+
+async fn pump(room: String, start: Start, hub: Arc<Hub>, tx: mpsc::Sender<Bytes>) {
+    if tx.send(Bytes::from(format!("retry: {RETRY_MS}\n\n"))).await.is_err() {
+        return;
+    }
+    let (session, after) = match start.run(&hub, &room) {
+        Ok(joined) => joined,
+        Err(e) => {
+            let (code, close) = e.codes();
+            tracing::debug!(room = %room.escape_debug(), error = %e, "join refused");
+            // No session, so no id: a browser reconnecting by itself starts afresh (and the client, seeing
+            // the close event, does not reconnect at all for a 45xx code).
+            let msg = ServerEnvelope { seq: 1, msg: ServerMessage::Error { code, message: e.to_string() } };
+            let _ = tx.send(Bytes::from(event(None, None, &msg.encode()).unwrap_or_default())).await;
+            let _ = tx.send(close_event(close.into())).await;
+            return;
+        }
+    };
+    let interval = Duration::from_millis(hub.config().heartbeat.interval_ms).min(MAX_HEARTBEAT);
+    let mut feed = Feed::attach(session.clone(), after, interval);
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = tx.closed() => break,
+            n = feed.next() => n,
+        };
+        let chunk = match next {
+            Next::Messages(batch) => {
+                let mut text = String::new();
+                for o in batch {
+                    // Tokens are hex and seqs digits: the id is always clean.
+                    text.push_str(&event(Some(&event_id(session.token(), o.seq)), None, &o.text).unwrap_or_default());
+                }
+                Bytes::from(text)
+            }
+            Next::Heartbeat => Bytes::from_static(b": heartbeat\n\n"),
+            Next::Close(code) => {
+                let _ = tx.send(close_event(code.into())).await;
+                if code != protocol::CloseCode::Superseded {
+                    hub.leave(&session, leave_reason(code));
+                }
+                return;
+            }
+        };
+        tokio::select! {
+            r = tx.send(chunk) => if r.is_err() { break },
+            _ = feed.interrupted() => {}
+        }
+    }
+    // The client went away without leaving: the resume window starts.
+    tracing::debug!(peer = %session.peer_id(), "event stream dropped: resume window starts");
+    feed.detach();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_breaks_in_data_become_data_lines() {
+        assert_eq!(event(Some("t-1"), None, "a\nb\r\nc\rd").unwrap(), "id: t-1\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
+        assert_eq!(event(None, Some("close"), "").unwrap(), "event: close\ndata: \n\n");
+        assert_eq!(event(None, None, "x\n").unwrap(), "data: x\ndata: \n\n");
+    }
+
+    #[test]
+    fn breaks_in_id_or_event_are_refused() {
+        for bad in ["a\nb", "a\rb", "a\0b", "\r\n"] {
+            assert_eq!(event(Some(bad), None, "x"), Err(FieldError { field: "id" }));
+            assert_eq!(event(None, Some(bad), "x"), Err(FieldError { field: "event" }));
+        }
+    }
+
+    #[test]
+    fn last_event_ids() {
+        assert_eq!(parse_last_event_id("abc-12"), Start::Resume { token: "abc".into(), after: 12 });
+        assert_eq!(parse_last_event_id(&event_id("f00d", 7)), Start::Resume { token: "f00d".into(), after: 7 });
+        for bad in ["", "abc", "abc-", "abc-x", "abc-1\r\nevil"] {
+            assert_eq!(parse_last_event_id(bad), Start::Resume { token: String::new(), after: 0 }, "{bad:?}");
+        }
+    }
+}
