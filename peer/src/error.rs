@@ -59,6 +59,13 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
+    /// Relay-only, and gathering ended without a relay candidate: the TURN server refused the credential
+    /// (expired, or minted with a secret it does not have), could not be reached, or none was configured.
+    #[error("relay only, but no TURN relay candidate for {peer}: the TURN server refused the credential (expired or wrong secret), is unreachable, or none is configured")]
+    RelayUnavailable {
+        /// The remote peer whose connection has no path.
+        peer: String,
+    },
     /// The WebRTC stack failed.
     #[error("webrtc: {0}")]
     WebRtc(String),
@@ -81,6 +88,7 @@ impl Error {
             Error::ChannelNotOpen { .. } => "channel-not-open",
             Error::TooLarge { .. } => "too-large",
             Error::BadFrame { .. } => "bad-frame",
+            Error::RelayUnavailable { .. } => "relay-unavailable",
             Error::WebRtc(_) => "webrtc",
             Error::Closed => "closed",
         }

@@ -20,6 +20,7 @@
 
 pub mod error;
 pub mod framing;
+pub mod ice;
 mod node;
 mod rtc;
 pub mod signaling;

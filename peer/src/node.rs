@@ -62,6 +62,12 @@ pub struct PeerConfig {
     pub udp_buffer: usize,
     /// Largest message accepted from a peer, after reassembly.
     pub max_message_bytes: usize,
+    /// Use only TURN relays (`iceTransportPolicy: "relay"`): the other side never learns our addresses.
+    /// Needs a TURN server; without a relay candidate each connection reports [`Error::RelayUnavailable`].
+    pub relay_only: bool,
+    /// ICE servers to use instead of the ones the server hands out (which are refreshed before their
+    /// credentials expire; these are used as they are).
+    pub ice_servers: Option<Vec<protocol::IceServer>>,
     /// Transports to try (WebSocket, SSE, long polling by default), reconnect backoff, timeouts.
     pub signaling: SignalingOptions,
 }
@@ -76,6 +82,8 @@ impl PeerConfig {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             udp_buffer: rtc::DEFAULT_UDP_BUFFER,
             max_message_bytes: framing::DEFAULT_MAX_MESSAGE,
+            relay_only: false,
+            ice_servers: None,
             signaling: SignalingOptions::default(),
         }
     }
@@ -184,6 +192,7 @@ pub struct Peer {
 enum Command {
     Close(tokio::sync::oneshot::Sender<()>),
     RestartIce(PeerId, tokio::sync::oneshot::Sender<Result<(), Error>>),
+    Path(PeerId, tokio::sync::oneshot::Sender<Option<(String, String)>>),
 }
 
 impl Peer {
@@ -196,8 +205,17 @@ impl Peer {
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         let (pc_tx, pc_rx) = mpsc::unbounded_channel();
         let channels: Channels = Arc::default();
-        let settings =
-            PcSettings { bind: cfg.bind, udp_buffer: cfg.udp_buffer, ice_servers: welcome.ice_servers.clone() };
+        let settings = PcSettings {
+            bind: cfg.bind,
+            udp_buffer: cfg.udp_buffer,
+            ice_servers: cfg.ice_servers.clone().unwrap_or_else(|| welcome.ice_servers.clone()),
+            relay_only: cfg.relay_only,
+        };
+        // Server-provided TURN credentials expire: fetch fresh ones before they do.
+        let (ice_tx, ice_rx) = mpsc::channel(1);
+        let refresher = cfg.ice_servers.is_none().then(|| {
+            tokio::spawn(refresh_ice_servers(cfg.server.clone(), welcome.peer_id.clone(), settings.ice_servers.clone(), ice_tx))
+        });
         let actor = Actor {
             me: welcome.peer_id.clone(),
             shared_id: id.clone(),
@@ -210,7 +228,12 @@ impl Peer {
             channels: channels.clone(),
         };
         let existing = welcome.peers.clone();
-        let handle = tokio::spawn(actor.run(existing, sig_rx, pc_rx, cmd_rx));
+        let handle = tokio::spawn(async move {
+            actor.run(existing, sig_rx, pc_rx, cmd_rx, ice_rx).await;
+            if let Some(r) = refresher {
+                r.abort();
+            }
+        });
         Ok((Peer { id, signaling: sender, channels, cmd: cmd_tx, actor: handle }, events_rx))
     }
 
@@ -295,6 +318,14 @@ impl Peer {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.cmd.send(Command::RestartIce(peer.to_owned(), tx)).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// The candidate types (`host`, `srflx`, `prflx`, `relay`) of the pair the connection to `peer` uses,
+    /// local then remote; `None` before one is selected.
+    pub async fn selected_path(&self, peer: &str) -> Result<Option<(String, String)>, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cmd.send(Command::Path(peer.to_owned(), tx)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
     }
 
     /// Leaves the room and closes every connection; returns when everything is released.
@@ -391,6 +422,8 @@ struct Remote {
     ignore_offer: bool,
     /// When the connection last went `disconnected` (None while it is not).
     disconnected_since: Option<Instant>,
+    /// Local candidates gathered since the last (re)start of gathering.
+    local_candidates: usize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -413,6 +446,7 @@ impl Actor {
         mut sig_rx: mpsc::Receiver<SignalingEvent>,
         mut pc_rx: mpsc::UnboundedReceiver<(PeerId, PcEvent)>,
         mut cmd_rx: mpsc::Receiver<Command>,
+        mut ice_rx: mpsc::Receiver<Vec<protocol::IceServer>>,
     ) {
         // We joined later than everyone listed: we create the channels, which triggers our offers.
         for peer in existing {
@@ -448,10 +482,20 @@ impl Actor {
                         self.emit(Event::Error(e)).await;
                     }
                 }
+                Some(servers) = ice_rx.recv() => self.update_ice_servers(servers).await,
                 cmd = cmd_rx.recv() => {
                     let done = match cmd {
                         Some(Command::RestartIce(peer, reply)) => {
                             let _ = reply.send(self.restart_ice(&peer).await);
+                            continue;
+                        }
+                        Some(Command::Path(peer, reply)) => {
+                            let pc = self.remotes.get(&peer).map(|r| r.pc.clone());
+                            let path = match pc {
+                                Some(pc) => rtc::selected_path(&pc).await,
+                                None => None,
+                            };
+                            let _ = reply.send(path);
                             continue;
                         }
                         Some(Command::Close(done)) => Some(done),
@@ -477,10 +521,24 @@ impl Actor {
     }
 
     async fn add_remote(&mut self, peer: &PeerId, create_channels: bool) -> Result<(), Error> {
+        let has_turn = crate::ice::usable_by_webrtc_rs(&self.settings.ice_servers)
+            .iter()
+            .any(|s| s.urls.iter().any(|u| u.starts_with("turn:")));
+        if self.settings.relay_only && !has_turn {
+            return Err(Error::RelayUnavailable { peer: peer.clone() });
+        }
         let handler = Arc::new(Handler { peer: peer.clone(), tx: self.pc_tx.clone() });
         let pc = rtc::build_pc(&self.settings, handler).await?;
         let polite = self.me.as_str() < peer.as_str();
-        self.remotes.insert(peer.clone(), Remote { pc: pc.clone(), polite, pending: Vec::new(), ignore_offer: false, disconnected_since: None, tasks: Vec::new() });
+        self.remotes.insert(peer.clone(), Remote {
+                pc: pc.clone(),
+                polite,
+                pending: Vec::new(),
+                ignore_offer: false,
+                disconnected_since: None,
+                local_candidates: 0,
+                tasks: Vec::new(),
+            },);
         if create_channels {
             for opts in self.cfg.channels.clone() {
                 let init = RTCDataChannelInit {
@@ -660,8 +718,19 @@ impl Actor {
         let pc = remote.pc.clone();
         match ev {
             PcEvent::NegotiationNeeded => self.offer(peer, &pc).await?,
-            PcEvent::Candidate(c) => self.signal(peer, SignalData::Candidate { candidate: c }).await?,
-            PcEvent::GatheringComplete => self.signal(peer, SignalData::EndOfCandidates).await?,
+            PcEvent::Candidate(c) => {
+                if let Some(r) = self.remotes.get_mut(peer) {
+                    r.local_candidates += 1;
+                }
+                self.signal(peer, SignalData::Candidate { candidate: c }).await?
+            }
+            PcEvent::GatheringComplete => {
+                self.signal(peer, SignalData::EndOfCandidates).await?;
+                // Relay-only with no relay candidate can never connect: say why now, not after ICE times out.
+                if self.settings.relay_only && self.remotes.get(peer).is_some_and(|r| r.local_candidates == 0) {
+                    return Err(Error::RelayUnavailable { peer: peer.clone() });
+                }
+            }
             PcEvent::State(state) => {
                 let since = Instant::now();
                 if let Some(r) = self.remotes.get_mut(peer) {
@@ -715,13 +784,49 @@ impl Actor {
     }
 
     async fn restart_ice(&mut self, peer: &PeerId) -> Result<(), Error> {
-        let pc = self.remotes.get(peer).map(|r| r.pc.clone()).ok_or_else(|| Error::UnknownPeer(peer.clone()))?;
+        let remote = self.remotes.get_mut(peer).ok_or_else(|| Error::UnknownPeer(peer.clone()))?;
+        remote.local_candidates = 0;
+        let pc = remote.pc.clone();
         // Sets the ICE-restart flag for the next offer; webrtc-rs does not fire negotiation-needed for it.
         pc.restart_ice().await?;
         self.offer(peer, &pc).await
     }
 
+    /// Fresh credentials: new connections use them, existing ones at their next gathering (ICE restart).
+    async fn update_ice_servers(&mut self, servers: Vec<protocol::IceServer>) {
+        tracing::debug!(count = servers.len(), "ICE servers refreshed");
+        self.settings.ice_servers = servers;
+        let config = rtc::configuration(&self.settings);
+        for (peer, remote) in &self.remotes {
+            if let Err(e) = remote.pc.set_configuration(config.clone()).await {
+                tracing::warn!(peer = %peer, error = %e, "cannot apply refreshed ICE servers");
+            }
+        }
+    }
+
     async fn signal(&self, to: &PeerId, data: SignalData) -> Result<(), Error> {
         self.sender.send(ClientMessage::Signal { to: to.clone(), data }).await
+    }
+}
+
+/// Fetches fresh ICE servers from the signaling server before the current TURN credentials expire, for as
+/// long as the actor takes them. A failed fetch is retried (sooner as the expiry nears, never busy).
+async fn refresh_ice_servers(
+    server: String,
+    peer_id: PeerId,
+    mut current: Vec<protocol::IceServer>,
+    tx: mpsc::Sender<Vec<protocol::IceServer>>,
+) {
+    while let Some(delay) = crate::ice::refresh_after(&current, std::time::SystemTime::now()) {
+        tokio::time::sleep(delay).await;
+        match crate::ice::fetch(&server, &peer_id).await {
+            Ok(fresh) => {
+                current = fresh.clone();
+                if tx.send(fresh).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "refreshing TURN credentials failed; retrying"),
+        }
     }
 }

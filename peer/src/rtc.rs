@@ -9,9 +9,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
-    RTCIceServer, SettingEngineBuilder,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfiguration, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
+use rtc::statistics::stats::ice_candidate_pair::RTCStatsIceCandidatePairState;
 use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, Runtime, TokioRuntime,
 };
@@ -40,21 +41,59 @@ pub struct PcSettings {
     pub bind: IpAddr,
     /// SO_RCVBUF / SO_SNDBUF for the UDP sockets.
     pub udp_buffer: usize,
-    /// ICE servers from `welcome`.
+    /// ICE servers from `welcome` (or the application), refreshed before their credentials expire.
     pub ice_servers: Vec<IceServer>,
+    /// Gather relay candidates only (`iceTransportPolicy: "relay"`).
+    pub relay_only: bool,
+}
+
+/// The ICE part of a connection's configuration: the servers webrtc-rs can use, and the transport policy.
+/// Also applied with `set_configuration` when credentials are refreshed (it takes effect at the next gathering).
+pub fn configuration(settings: &PcSettings) -> RTCConfiguration {
+    let ice_servers = crate::ice::usable_by_webrtc_rs(&settings.ice_servers)
+        .into_iter()
+        .map(|s| RTCIceServer {
+            urls: s.urls,
+            username: s.username.unwrap_or_default(),
+            credential: s.credential.unwrap_or_default(),
+        })
+        .collect();
+    let policy = if settings.relay_only { RTCIceTransportPolicy::Relay } else { RTCIceTransportPolicy::All };
+    RTCConfigurationBuilder::new().with_ice_servers(ice_servers).with_ice_transport_policy(policy).build()
+}
+
+/// The candidate types (`host`, `srflx`, `prflx`, `relay`) of the selected pair, local then remote.
+pub async fn selected_path(pc: &Pc) -> Option<(String, String)> {
+    let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
+    let selected = report.transport().and_then(|t| match report.get(&t.selected_candidate_pair_id) {
+        Some(RTCStatsReportEntry::IceCandidatePair(pair)) => Some(pair),
+        _ => None,
+    });
+    // The transport does not always name its selected pair (e.g. over a relay); the nominated working pair is it.
+    let pair = selected.or_else(|| {
+        report.candidate_pairs().find(|p| p.nominated && p.state == RTCStatsIceCandidatePairState::Succeeded)
+    })?;
+    // webrtc-rs 0.21.1 names the pair's candidates `candidate:…` but their entries `RTCLocalIceCandidate_candidate:…`
+    // and `RTCRemoteIceCandidate_candidate:…`: accept both spellings.
+    let named = |id: &str, wanted: &str| id == wanted || id.strip_suffix(wanted).is_some_and(|p| p.ends_with('_'));
+    let mut local = None;
+    let mut remote = None;
+    for entry in report.iter() {
+        match entry {
+            RTCStatsReportEntry::LocalCandidate(c) if named(&c.stats.id, &pair.local_candidate_id) => {
+                local = Some(c.candidate_type.to_string());
+            }
+            RTCStatsReportEntry::RemoteCandidate(c) if named(&c.stats.id, &pair.remote_candidate_id) => {
+                remote = Some(c.candidate_type.to_string());
+            }
+            _ => {}
+        }
+    }
+    Some((local?, remote?))
 }
 
 /// Builds a peer connection with the settings we apply everywhere.
 pub async fn build_pc(settings: &PcSettings, handler: Arc<dyn PeerConnectionEventHandler>) -> Result<Pc, Error> {
-    let ice_servers = settings
-        .ice_servers
-        .iter()
-        .map(|s| RTCIceServer {
-            urls: s.urls.clone(),
-            username: s.username.clone().unwrap_or_default(),
-            credential: s.credential.clone().unwrap_or_default(),
-        })
-        .collect();
     let mut setting_engine = SettingEngineBuilder::new()
         .with_include_loopback_candidate(settings.bind.is_loopback())
         // With trickle ICE the remote's checks often arrive before its candidate does, so the first working
@@ -67,7 +106,7 @@ pub async fn build_pc(settings: &PcSettings, handler: Arc<dyn PeerConnectionEven
     }
     let setting_engine = setting_engine.build();
     let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build())
+        .with_configuration(configuration(settings))
         .with_setting_engine(setting_engine)
         .with_runtime(Arc::new(BufferedUdpRuntime { inner: TokioRuntime, bytes: settings.udp_buffer }))
         .with_handler(handler)

@@ -218,6 +218,13 @@ pub struct IceServer {
     pub credential: Option<String>,
 }
 
+/// The body of `GET /v1/ice`: fresh ICE servers (TURN credentials minted at that moment).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IceConfig {
+    /// Same form as `welcome.ice_servers`.
+    pub ice_servers: Vec<IceServer>,
+}
+
 /// Heartbeat timing: a silent session is closed `interval_ms + timeout_ms` after its last frame at the latest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {

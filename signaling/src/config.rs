@@ -48,6 +48,10 @@ pub struct Config {
     /// Serve the web demo from this folder instead of the copy built into the binary (for development).
     #[arg(long, env = "SIGNALING_WEB_ROOT")]
     pub web_root: Option<PathBuf>,
+
+    /// STUN responder and ICE servers (TURN).
+    #[command(flatten)]
+    pub ice: crate::ice::IceFlags,
 }
 
 /// A setting that cannot work.
@@ -84,6 +88,8 @@ impl Config {
     pub fn with_listen(listen: SocketAddr) -> Self {
         let mut cfg = Config::parse_from(["signaling"]);
         cfg.listen = listen;
+        // Like the HTTP port: a free one, so servers started side by side do not fight over 3478.
+        cfg.ice.stun_listen = Some(SocketAddr::new(listen.ip(), 0));
         cfg
     }
 

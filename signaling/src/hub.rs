@@ -4,7 +4,7 @@
 use crate::session::Session;
 use dashmap::DashMap;
 use protocol::{
-    ClientEnvelope, ClientMessage, CloseCode, ErrorCode, Heartbeat, IceServer, LeaveReason, Limits, ServerMessage, SessionInfo,
+    ClientEnvelope, ClientMessage, CloseCode, ErrorCode, Heartbeat, LeaveReason, Limits, ServerMessage, SessionInfo,
     Welcome, PROTOCOL_VERSION,
 };
 use std::sync::Arc;
@@ -22,8 +22,8 @@ pub struct HubConfig {
     pub outbox: usize,
     /// How long a session whose connection dropped waits to be resumed.
     pub resume_window: Duration,
-    /// ICE servers handed to every session.
-    pub ice_servers: Vec<IceServer>,
+    /// ICE servers handed to every session, TURN credentials minted per session.
+    pub ice_servers: crate::ice::IceServers,
 }
 
 /// Why a join was refused.
@@ -149,7 +149,7 @@ impl Hub {
             peer_id: session.peer_id().to_owned(),
             room: room.to_owned(),
             peers: members.iter().map(|m| m.peer_id().to_owned()).collect(),
-            ice_servers: self.cfg.ice_servers.clone(),
+            ice_servers: self.cfg.ice_servers.for_peer(session.peer_id()),
             heartbeat: self.cfg.heartbeat,
             limits: self.cfg.limits,
             session: SessionInfo {
@@ -325,7 +325,7 @@ mod tests {
             heartbeat: Heartbeat { interval_ms: 1000, timeout_ms: 500 },
             outbox: 16,
             resume_window: Duration::from_millis(300),
-            ice_servers: vec![],
+            ice_servers: Default::default(),
         })
     }
 

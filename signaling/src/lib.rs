@@ -13,8 +13,10 @@
 
 pub mod config;
 pub mod hub;
+pub mod ice;
 pub mod routes;
 pub mod session;
+pub mod stun;
 pub mod transport;
 pub mod web;
 
@@ -45,6 +47,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// An ICE setting that cannot work, or the STUN address asked for is taken.
+    #[error(transparent)]
+    Ice(#[from] ice::IceError),
 }
 
 /// A bound server, ready to run.
@@ -54,6 +59,7 @@ pub struct Server {
     addr: SocketAddr,
     hub: Arc<Hub>,
     cfg: Config,
+    stun: Option<stun::StunResponder>,
 }
 
 impl Server {
@@ -63,19 +69,25 @@ impl Server {
         let listener =
             TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
+        let (ice_servers, stun) = ice::setup(&cfg.ice, cfg.listen).await?;
         let hub = Arc::new(Hub::new(HubConfig {
             limits: Limits { max_message_bytes: cfg.max_message_bytes, max_peers: cfg.max_peers },
             heartbeat: Heartbeat { interval_ms: cfg.heartbeat_interval_ms, timeout_ms: cfg.heartbeat_timeout_ms },
             outbox: cfg.outbox,
             resume_window: Duration::from_millis(cfg.resume_window_ms),
-            ice_servers: Vec::new(),
+            ice_servers,
         }));
-        Ok(Server { listener, addr, hub, cfg })
+        Ok(Server { listener, addr, hub, cfg, stun })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The built-in STUN responder's UDP address, if it runs.
+    pub fn stun_addr(&self) -> Option<SocketAddr> {
+        self.stun.as_ref().map(stun::StunResponder::local_addr)
     }
 
     /// The session core, for inspection.
@@ -90,6 +102,7 @@ impl Server {
             None => web::WebRoot::Embedded,
         };
         let hub = self.hub.clone();
+        let stun = self.stun.map(|s| tokio::spawn(s.run()));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let reaper = tokio::spawn(reap_forever(self.hub.clone()));
         let server = warp::serve(routes::routes(self.hub.clone(), web, &self.cfg.transports))
@@ -109,6 +122,9 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = tokio::time::timeout_at(deadline, server).await;
+        if let Some(stun) = stun {
+            stun.abort();
+        }
         reaper.abort();
         tracing::info!(left_open = hub.session_count(), "stopped");
     }

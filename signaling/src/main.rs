@@ -19,7 +19,11 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let addr = server.local_addr();
+    let stun = server.stun_addr();
     println!("signaling listening on http://{addr}");
+    if let Some(stun) = stun {
+        println!("STUN responder on udp {stun}");
+    }
     if addr.ip().is_unspecified() {
         println!("open http://127.0.0.1:{}/#room=demo in two browser windows", addr.port());
     } else {

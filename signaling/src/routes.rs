@@ -33,6 +33,7 @@ pub fn routes(
     transports: &[Kind],
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     let max = hub.config().limits.max_message_bytes;
+    let hub_for_ice = hub.clone();
     let with_hub = warp::any().map(move || hub.clone());
     let on = |kind: Kind| {
         let enabled = transports.contains(&kind);
@@ -107,6 +108,8 @@ pub fn routes(
             }
         });
 
+    let ice = crate::ice::route(hub_for_ice);
+
     let healthz = warp::path!("healthz").and(warp::get()).and(with_hub).map(|hub: Arc<Hub>| {
         warp::reply::json(&serde_json::json!({
             "status": "ok",
@@ -121,5 +124,5 @@ pub fn routes(
         .and(warp::path::tail())
         .map(move |tail: warp::path::Tail| web.respond(tail.as_str()));
 
-    ws.or(sse).or(poll).or(post).or(healthz).or(web).with(warp::trace::request())
+    ws.or(sse).or(poll).or(post).or(healthz).or(ice).or(web).with(warp::trace::request())
 }

@@ -16,6 +16,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
+
+pub mod coturn;
+pub use coturn::Coturn;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -199,7 +202,8 @@ impl SignalingServer {
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let mut child = Command::new(&binary)
-            .args(["--listen", listen])
+            // A free STUN port too: servers of tests running side by side must not fight over 3478.
+            .args(["--listen", listen, "--stun-listen", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

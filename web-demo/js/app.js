@@ -9,6 +9,8 @@ const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
 const RENDER_INTERVAL_MS = 1000;
 
 const probeEarly = new URLSearchParams(location.search).get('probe') === 'early';
+// `?relay=only`: TURN relays only (for tests, and for anyone who does not want peers to see their address).
+const relayOnly = new URLSearchParams(location.search).get('relay') === 'only';
 // `transport=ws|sse|longpoll|shortpoll`, in the fragment (like the room) or the query: use only that one.
 const forcedTransport = param('transport');
 // Filled in by the mesh; created here so `window.demo.timings` exists before the first join.
@@ -73,7 +75,7 @@ function join(room) {
     else ui.notice(`Unknown transport "${forcedTransport}"; trying them all.`, { bad: true });
   }
   const signaling = new SignalingClient(room, forced ? { transports: [forced] } : {});
-  const mesh = new Mesh(signaling, { probeEarly, timings });
+  const mesh = new Mesh(signaling, { probeEarly, timings, relayOnly });
   session = { room, signaling, mesh, forced };
   ui.showSession(room);
 

@@ -7,6 +7,7 @@
 //   chat          – {from, text}: a chat line from a peer
 
 import { Reassembler, send as sendFramed } from './framing.js';
+import { fetchIceServers, refreshAfterMs } from './ice.js';
 
 const CHAT_LABEL = 'chat';
 const HELLO_INTERVAL_MS = 250;
@@ -21,6 +22,8 @@ export class Mesh extends EventTarget {
   #probeEarly;
   #selfId = null;
   #iceServers = [];
+  #iceTransportPolicy = 'all';
+  #iceRefreshTimer = null;
   /** @type {Map<string, PeerLink>} */
   #peers = new Map();
   #nextChatId = 1;
@@ -37,11 +40,13 @@ export class Mesh extends EventTarget {
    * @param {{probeEarly?: boolean, timings?: object}} [options]
    *   probeEarly: the side that receives a channel sends `{"t":"early"}` the instant it opens, before the
    *   readiness handshake, to measure whether such messages get lost.
+   *   relayOnly: use TURN relays only (`iceTransportPolicy: "relay"`), so peers never see our addresses.
    */
-  constructor(signaling, { probeEarly = false, timings = {} } = {}) {
+  constructor(signaling, { probeEarly = false, timings = {}, relayOnly = false } = {}) {
     super();
     this.#signaling = signaling;
     this.#probeEarly = probeEarly;
+    this.#iceTransportPolicy = relayOnly ? 'relay' : 'all';
     this.timings = Object.assign(timings, { welcomeAt: null, openAt: {}, dcOpenAt: {} });
     signaling.addEventListener('welcome', (e) => this.#onWelcome(e.detail));
     signaling.addEventListener('peer-joined', (e) => this.#ensurePeer(e.detail.peer_id, false));
@@ -63,6 +68,7 @@ export class Mesh extends EventTarget {
 
   /** Closes every peer connection (the page is going away). */
   close() {
+    clearTimeout(this.#iceRefreshTimer);
     for (const id of [...this.#peers.keys()]) this.#removePeer(id, 'closed');
   }
 
@@ -75,6 +81,7 @@ export class Mesh extends EventTarget {
     for (const id of [...this.#peers.keys()]) this.#removePeer(id, reason);
     this.#selfId = welcome.peer_id;
     this.#iceServers = Array.isArray(welcome.ice_servers) ? welcome.ice_servers : [];
+    this.#scheduleIceRefresh();
     this.timings.welcomeAt = Date.now();
     // Peers already in the room are waiting for us: as the later joiner we create the channels and offer.
     for (const peerId of welcome.peers ?? []) this.#ensurePeer(peerId, true);
@@ -87,6 +94,7 @@ export class Mesh extends EventTarget {
       selfId: this.#selfId,
       peerId,
       iceServers: this.#iceServers,
+      iceTransportPolicy: this.#iceTransportPolicy,
       initiator,
       probeEarly: this.#probeEarly,
       signal: (data) => this.#signaling.signal(peerId, data),
@@ -113,6 +121,25 @@ export class Mesh extends EventTarget {
     link.close();
     this.#emit('peer-removed', { peerId, reason });
     this.#emit('change', { peerId });
+  }
+
+  /** TURN credentials expire: fetch fresh ones before they do; connections use them at their next gathering. */
+  #scheduleIceRefresh() {
+    clearTimeout(this.#iceRefreshTimer);
+    const delay = refreshAfterMs(this.#iceServers, Date.now());
+    if (delay === null) return;
+    const selfId = this.#selfId;
+    this.#iceRefreshTimer = setTimeout(async () => {
+      try {
+        const servers = await fetchIceServers(selfId);
+        if (selfId !== this.#selfId) return; // a new session started meanwhile
+        this.#iceServers = servers;
+        for (const link of this.#peers.values()) link.setIceServers(servers);
+      } catch (err) {
+        console.warn('mesh: refreshing TURN credentials failed; retrying', err);
+      }
+      if (selfId === this.#selfId) this.#scheduleIceRefresh();
+    }, delay);
   }
 
   #emit(type, detail) {
@@ -142,17 +169,23 @@ class PeerLink {
   #statsTimer = null;
   #nextPingId = 1;
   #stats = { pairType: null, remoteType: null, localAddress: null, remoteAddress: null, rttMs: null };
+  /** The last ICE candidate error (e.g. a TURN server refusing an expired credential with 401). */
+  #iceError = null;
   #appRttMs = null;
 
-  constructor({ selfId, peerId, iceServers, initiator, probeEarly, signal, events }) {
+  constructor({ selfId, peerId, iceServers, iceTransportPolicy, initiator, probeEarly, signal, events }) {
     // Peer ids are ASCII, so UTF-16 comparison is the byte-wise order the protocol specifies.
     this.#polite = selfId < peerId;
     this.#signal = signal;
     this.#events = events;
     this.#probeEarly = probeEarly;
 
-    const pc = new RTCPeerConnection({ iceServers });
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy });
     this.#pc = pc;
+    pc.onicecandidateerror = (e) => {
+      this.#iceError = `${e.url ?? ''} ${e.errorCode} ${e.errorText ?? ''}`.trim();
+      this.#events.changed();
+    };
     pc.onnegotiationneeded = () => this.#offer();
     pc.onicecandidate = ({ candidate }) => {
       if (candidate === null) this.#signal({ kind: 'end-of-candidates' });
@@ -202,8 +235,18 @@ class PeerLink {
       ready: this.#ready,
       ...this.#stats,
       appRttMs: this.#appRttMs,
+      iceError: this.#iceError,
       queued: this.#outbox.length,
     };
+  }
+
+  /** New ICE servers (fresh credentials), used from the next ICE gathering on. */
+  setIceServers(iceServers) {
+    try {
+      this.#pc.setConfiguration({ ...this.#pc.getConfiguration(), iceServers });
+    } catch (err) {
+      console.warn('mesh: cannot apply refreshed ICE servers', err);
+    }
   }
 
   close() {

@@ -139,6 +139,8 @@ function renderPeer(id, peer) {
     ['RTT (ICE)', formatMs(peer.rttMs)],
     ['RTT (channel)', formatMs(peer.appRttMs)],
   ];
+  // e.g. a TURN server refusing an expired credential (401); only worth showing while there is no path.
+  if (peer.iceError && peer.pc !== 'connected') rows.push(['ICE error', peer.iceError]);
   for (const [name, value, colored] of rows) {
     const dt = document.createElement('dt');
     dt.textContent = name;

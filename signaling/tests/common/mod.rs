@@ -21,6 +21,8 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The built-in STUN responder's UDP address, if it runs.
+    pub stun: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -35,16 +37,17 @@ impl TestServer {
         tweak(&mut cfg);
         let server = Server::bind(cfg).await.expect("server binds");
         let addr = server.local_addr();
+        let stun = server.stun_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        TestServer { addr, stop: Some(stop), task: Some(task) }
+        TestServer { addr, stun, stop: Some(stop), task: Some(task) }
     }
 
     /// A handle on a server another `TestServer` runs (for use from a spawned task); stops nothing.
     pub fn attach(addr: SocketAddr) -> Self {
-        TestServer { addr, stop: None, task: None }
+        TestServer { addr, stun: None, stop: None, task: None }
     }
 
     pub fn ws_url(&self, room: &str) -> String {

@@ -20,6 +20,7 @@ pub struct Globals {
     pub room: String,
     pub bind: IpAddr,
     pub channel: String,
+    pub relay_only: bool,
     pub transports: Vec<peer::signaling::Transport>,
 }
 
@@ -57,6 +58,7 @@ impl From<peer::Error> for Failure {
 pub async fn connect(g: &Globals) -> Result<(Peer, mpsc::Receiver<Event>), Failure> {
     let mut cfg = PeerConfig::new(&g.server, &g.room);
     cfg.bind = g.bind;
+    cfg.relay_only = g.relay_only;
     cfg.channels = vec![ChannelOptions::reliable(&g.channel)];
     cfg.signaling.transports = g.transports.clone();
     let (peer, events) = Peer::connect(cfg).await?;

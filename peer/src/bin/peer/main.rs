@@ -35,6 +35,9 @@ struct Cli {
     #[arg(long, env = "PEER_CHANNEL", default_value = "chat", global = true)]
     channel: String,
 
+    /// Connect through the server's TURN relays only: the other peers never learn your addresses.
+    #[arg(long, env = "PEER_RELAY_ONLY", value_parser = clap::builder::BoolishValueParser::new(), global = true)]
+    relay_only: bool,
     /// Signaling transports to try, in order (ws, sse, longpoll, shortpoll); one name forces it.
     #[arg(long, env = "PEER_TRANSPORT", value_delimiter = ',', default_value = "ws,sse,longpoll", global = true)]
     transport: Vec<peer::signaling::Transport>,
@@ -95,7 +98,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let globals = Globals { server: cli.server, room, bind: cli.bind, channel: cli.channel, transports: cli.transport };
+    let globals = Globals {
+        server: cli.server,
+        room,
+        bind: cli.bind,
+        channel: cli.channel,
+        relay_only: cli.relay_only,
+        transports: cli.transport,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return report(Failure::runtime("io", format!("cannot start the runtime: {e}"))),
