@@ -99,7 +99,8 @@ pub fn serve_main() -> anyhow::Result<()> {
             },
             outbox: cfg.outbox,
             resume_window: Duration::from_millis(cfg.resume_window_ms),
-            ice_servers: Vec::new(),
+            // No ICE servers: relayed messages never need them.
+            ice_servers: Default::default(),
         }));
         let requests = Arc::new(AtomicU64::new(0));
         let counted = {
