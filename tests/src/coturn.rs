@@ -54,7 +54,9 @@ impl Coturn {
             .arg(&conf_path)
             // Test-only: the peers are on loopback, which the generated config (rightly) denies.
             .args(["--allow-loopback-peers", "--allowed-peer-ip=127.0.0.1"])
-            .args(["--no-tls", "--no-dtls", "--log-file", "stdout", "--simple-log"])
+            // UDP only (what the tests use): a TCP listener on the same port could find it taken by some
+            // ephemeral TCP connection, since only the UDP port was checked free.
+            .args(["--no-tcp", "--no-tls", "--no-dtls", "--log-file", "stdout", "--simple-log"])
             .arg("--pidfile")
             .arg(dir.join("turnserver.pid"))
             .arg("--db")
