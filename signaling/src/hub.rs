@@ -41,6 +41,14 @@ pub enum JoinError {
 }
 
 impl JoinError {
+    /// What a refused client receives, whatever the transport: the `error` (seq 1: no session exists, so it
+    /// is the whole conversation) and the close code that follows it.
+    pub fn refusal(&self, room: &str) -> (protocol::ServerEnvelope, CloseCode) {
+        let (code, close) = self.codes();
+        tracing::debug!(room = %room.escape_debug(), error = %self, "join refused");
+        (protocol::ServerEnvelope { seq: 1, msg: ServerMessage::Error { code, message: self.to_string() } }, close)
+    }
+
     /// The wire error code and the close code that follows it.
     pub fn codes(&self) -> (ErrorCode, CloseCode) {
         match self {
@@ -409,9 +417,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_resume_within_the_window_replays_what_was_missed_and_nobody_sees_a_leave() {
-        let hub = hub(4);
+    /// `a` and `b` in room `r`, both read up to now, and `a`'s connection just dropped: returns a's token.
+    fn a_drops(hub: &Hub) -> (Arc<Session>, Reader, Arc<Session>, Reader, String) {
         let a = hub.join("r").unwrap();
         let mut a_io = Reader(a.clone(), 0);
         let b = hub.join("r").unwrap();
@@ -420,6 +427,13 @@ mod tests {
         drain(&mut b_io);
         let (generation, _) = a.attach();
         a.detach(generation);
+        (a, a_io, b, b_io, token)
+    }
+
+    #[test]
+    fn a_resume_within_the_window_replays_what_was_missed_and_nobody_sees_a_leave() {
+        let hub = hub(4);
+        let (a, mut a_io, b, mut b_io, token) = a_drops(&hub);
         hub.handle(&b, ClientMessage::Signal { to: a.peer_id().into(), data: SignalData::EndOfCandidates });
         hub.reap(Instant::now() + Duration::from_millis(100));
         let Resumed::Same(again) = hub.resume("r", &token, a_io.1).unwrap() else { panic!("not resumed") };
@@ -437,14 +451,7 @@ mod tests {
     #[test]
     fn after_the_window_the_peer_leaves_and_a_resume_gets_a_new_session() {
         let hub = hub(4);
-        let a = hub.join("r").unwrap();
-        let mut a_io = Reader(a.clone(), 0);
-        let b = hub.join("r").unwrap();
-        let mut b_io = Reader(b.clone(), 0);
-        let token = welcome_of(&drain(&mut a_io)).session.token;
-        drain(&mut b_io);
-        let (generation, _) = a.attach();
-        a.detach(generation);
+        let (a, a_io, _b, mut b_io, token) = a_drops(&hub);
         hub.reap(Instant::now() + Duration::from_millis(301));
         assert_eq!(drain(&mut b_io), [ServerMessage::PeerLeft { peer_id: a.peer_id().into(), reason: LeaveReason::Closed }]);
         let Resumed::Fresh(fresh) = hub.resume("r", &token, a_io.1).unwrap() else { panic!("resumed a dead session") };

@@ -94,7 +94,7 @@ pub async fn poll(room: String, auth: Option<String>, q: PollQuery, hub: Arc<Hub
     };
     let (session, after, may_wait) = match joined {
         Ok(j) => j,
-        Err(e) => return refused_join(&e),
+        Err(e) => return refused_join(&e, &room),
     };
     let interval = hub.config().heartbeat.interval_ms;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(interval).min(interval));
@@ -146,20 +146,14 @@ fn respond(session: &Session, batch: Result<Vec<crate::session::Outgoing>, crate
     json_response(StatusCode::OK, body)
 }
 
-fn refused_join(e: &JoinError) -> Response {
-    let (code, close) = e.codes();
+fn refused_join(e: &JoinError, room: &str) -> Response {
+    let (msg, close) = e.refusal(room);
     let status = match e {
         JoinError::BadRoom(_) => StatusCode::BAD_REQUEST,
         JoinError::RoomFull(_) => StatusCode::CONFLICT,
         JoinError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     };
-    let body = protocol::PollResponse {
-        messages: vec![protocol::ServerEnvelope {
-            seq: 1,
-            msg: protocol::ServerMessage::Error { code, message: e.to_string() },
-        }],
-        close: Some(close.into()),
-    };
+    let body = protocol::PollResponse { messages: vec![msg], close: Some(close.into()) };
     json_response(status, serde_json::to_string(&body).unwrap_or_default())
 }
 

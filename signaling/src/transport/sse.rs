@@ -11,7 +11,7 @@
 use super::{Feed, Next, Start};
 use crate::hub::{Hub, leave_reason};
 use bytes::Bytes;
-use protocol::{CloseNotice, ServerEnvelope, ServerMessage};
+use protocol::CloseNotice;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -96,11 +96,9 @@ async fn pump(room: String, start: Start, hub: Arc<Hub>, tx: mpsc::Sender<Bytes>
     let (session, after) = match start.run(&hub, &room) {
         Ok(joined) => joined,
         Err(e) => {
-            let (code, close) = e.codes();
-            tracing::debug!(room = %room.escape_debug(), error = %e, "join refused");
             // No session, so no id: a browser reconnecting by itself starts afresh (and the client, seeing
             // the close event, does not reconnect at all for a 45xx code).
-            let msg = ServerEnvelope { seq: 1, msg: ServerMessage::Error { code, message: e.to_string() } };
+            let (msg, close) = e.refusal(&room);
             let _ = tx.send(Bytes::from(event(None, None, &msg.encode()).unwrap_or_default())).await;
             let _ = tx.send(close_event(close.into())).await;
             return;

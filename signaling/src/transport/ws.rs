@@ -8,7 +8,7 @@ use super::{Feed, Next, Start};
 use crate::hub::{Flow, Hub, leave_reason};
 use crate::session::Session;
 use futures_util::{SinkExt, StreamExt};
-use protocol::{ClientEnvelope, CloseCode, ErrorCode, ServerEnvelope, ServerMessage};
+use protocol::{ClientEnvelope, CloseCode, ErrorCode};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -55,10 +55,7 @@ pub async fn serve(socket: WebSocket, room: String, start: Start, hub: Arc<Hub>)
     let (session, after) = match start.run(&hub, &room) {
         Ok(joined) => joined,
         Err(e) => {
-            let (code, close) = e.codes();
-            tracing::debug!(room = %room.escape_debug(), error = %e, "join refused");
-            // No session exists, so this error is the whole conversation: seq 1.
-            let msg = ServerEnvelope { seq: 1, msg: ServerMessage::Error { code, message: e.to_string() } };
+            let (msg, close) = e.refusal(&room);
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
                 sink.send(Message::text(msg.encode())).await?;
                 sink.send(Message::close_with(close.code(), close.reason())).await
