@@ -193,7 +193,10 @@ async fn cut_connections_resume_with_nothing_lost_duplicated_or_reordered() -> R
     let proxy = CutProxy::start(upstream).await?;
     const RUNS: usize = 100;
     const N: usize = 40;
-    let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into())).with_test_writer().try_init();
+    // For chasing a failure: TEST_LOG=peer=debug shows the clients' reconnects, CUT_TRANSPORT=sse runs one
+    // transport only (the server's log is in target/e2e-artifacts; RUST_LOG=signaling=debug makes it verbose).
+    let log_filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(log_filter).with_test_writer().try_init();
     let transports: Vec<Transport> = match std::env::var("CUT_TRANSPORT") {
         Ok(t) => vec![t.parse()?],
         Err(_) => vec![Transport::Ws, Transport::Sse, Transport::LongPoll],
