@@ -7,7 +7,7 @@
 //!     unshare --net -- sh -c 'ip link set lo up && cargo test -p e2e --offline --test turn'
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 use e2e::{Browser, Coturn, SignalingServer, require_loopback_only_network};
@@ -81,17 +81,22 @@ async fn relay_pair(a_cfg: PeerConfig, b_cfg: PeerConfig) -> Result<()> {
 
 /// Waits for the `relay-unavailable` error on a relay-only peer whose credentials coturn refuses.
 async fn refused(cfg_a: PeerConfig, cfg_b: PeerConfig) -> Result<String> {
-    let (a, _a_ev) = Peer::connect(cfg_a).await?;
+    let (a, mut a_ev) = Peer::connect(cfg_a).await?;
     let (b, mut b_ev) = Peer::connect(cfg_b).await?;
-    let err = next_event(&mut b_ev, "relay-unavailable", |e| match e {
+    let refusal = |e: &Event| match e {
         Event::Error(e) if e.code() == "relay-unavailable" => Some(e.to_string()),
         Event::ChannelOpen { .. } => Some("UNEXPECTED: the channel opened".into()),
         _ => None,
-    })
-    .await?;
+    };
+    // Both sides, so each has asked coturn (and been refused) before the peers close: the log check below
+    // counts one refusal per peer.
+    let err = next_event(&mut b_ev, "relay-unavailable on b", refusal).await?;
+    let err_a = next_event(&mut a_ev, "relay-unavailable on a", refusal).await?;
     a.close().await;
     b.close().await;
-    ensure!(!err.starts_with("UNEXPECTED"), "coturn accepted a credential it should refuse");
+    for e in [&err, &err_a] {
+        ensure!(!e.starts_with("UNEXPECTED"), "coturn accepted a credential it should refuse");
+    }
     Ok(err)
 }
 
@@ -139,9 +144,15 @@ async fn coturn_refuses_a_wrong_secret_and_an_expired_credential_but_accepts_the
     relay_pair(with(server.url(), "rotated", old("a")), with(server.url(), "rotated", old("b")))
         .await
         .with_context(|| format!("coturn log:\n{}", coturn.log()))?;
-    // coturn answered 401 to each of the four refused peers, and says why in its log.
+    // coturn answered 401 to each of the four refused peers, and says why in its log (which it may write a
+    // moment later: give it a bounded while).
+    let count = |log: &str| log.lines().filter(|l| l.contains("check_stun_auth: Cannot find credentials of user <")).count();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(&coturn.log()) < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let log = coturn.log();
-    let refusals = log.lines().filter(|l| l.contains("check_stun_auth: Cannot find credentials of user <")).count();
+    let refusals = count(&log);
     ensure!(refusals >= 4, "coturn logged {refusals} refusals, expected one per refused peer (4):\n{log}");
     Ok(())
 }
