@@ -35,13 +35,13 @@ pub fn routes(
     let max = hub.config().limits.max_message_bytes;
     let hub_for_ice = hub.clone();
     let with_hub = warp::any().map(move || hub.clone());
-    let on = |kind: Kind| {
-        let enabled = transports.contains(&kind);
-        // A disabled transport is simply absent (404), as behind a proxy that blocks it.
+    // A disabled transport is simply absent (404), as behind a proxy that blocks it.
+    let enabled_if = |enabled: bool| {
         warp::any()
             .and_then(move || async move { if enabled { Ok(()) } else { Err(warp::reject::not_found()) } })
             .untuple_one()
     };
+    let on = |kind: Kind| enabled_if(transports.contains(&kind));
     let http_on = transports.iter().any(|k| matches!(k, Kind::Sse | Kind::Longpoll));
     let resume_query = warp::query::<ResumeQuery>();
 
@@ -85,11 +85,7 @@ pub fn routes(
     // POST /v1/sessions/{peer_id}: client messages of SSE and polling sessions.
     let post = warp::path!("v1" / "sessions" / String)
         .and(warp::post())
-        .and(
-            warp::any()
-                .and_then(move || async move { if http_on { Ok(()) } else { Err(warp::reject::not_found()) } })
-                .untuple_one(),
-        )
+        .and(enabled_if(http_on))
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::body::content_length_limit((max * HARD_LIMIT_FACTOR) as u64))
         .and(warp::body::bytes())

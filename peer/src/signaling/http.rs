@@ -25,16 +25,9 @@ fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
-fn query(start: &Start) -> String {
-    match start {
-        Start::Join => String::new(),
-        Start::Resume { token, after } => format!("?resume={token}&after={after}"),
-    }
-}
-
 /// Opens an SSE stream on `base` (`http://host:port`) for `room`.
 pub(super) async fn open_sse(base: &str, room: &str, start: &Start) -> Result<Link, Error> {
-    let url = format!("{base}/v1/rooms/{room}/sse{}", query(start));
+    let url = format!("{base}/v1/rooms/{room}/sse{}", start.query());
     let client = client();
     let req = Request::get(&url)
         .header("accept", "text/event-stream")
@@ -97,7 +90,7 @@ pub(super) async fn open_poll(
     give_up_after: Duration,
 ) -> Result<Link, Error> {
     let client = client();
-    let first_url = format!("{base}/v1/rooms/{room}/poll{}", query(start));
+    let first_url = format!("{base}/v1/rooms/{room}/poll{}", start.query());
     // The first poll answers at once (join or resume): its failure is a failure to connect.
     let first = poll_once(&client, &first_url, None, give_up_after).await?;
     let (in_tx, in_rx) = mpsc::channel(256);

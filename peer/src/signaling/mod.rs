@@ -171,6 +171,16 @@ enum Start {
     Resume { token: String, after: u64 },
 }
 
+impl Start {
+    /// The query string that asks for this start, the same on every transport (empty for a join).
+    fn query(&self) -> String {
+        match self {
+            Start::Join => String::new(),
+            Start::Resume { token, after } => format!("?resume={token}&after={after}"),
+        }
+    }
+}
+
 /// What a link delivers.
 #[derive(Debug)]
 enum Incoming {

@@ -9,11 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Opens `GET {base}/v1/rooms/{room}/ws` (`base` is `ws://host:port`).
 pub(super) async fn open(base: &str, room: &str, start: &Start) -> Result<Link, Error> {
-    let query = match start {
-        Start::Join => String::new(),
-        Start::Resume { token, after } => format!("?resume={token}&after={after}"),
-    };
-    let url = format!("{base}/v1/rooms/{room}/ws{query}");
+    let url = format!("{base}/v1/rooms/{room}/ws{}", start.query());
     let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
         .map_err(|e| Error::Connect(format!("{base}/v1/rooms/{room}/ws: {e}")))?;
