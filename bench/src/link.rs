@@ -38,3 +38,69 @@ pub struct Link {
     /// Releases whatever the link holds; run after every half has been dropped.
     pub close: BoxFut<'static, ()>,
 }
+
+/// One sender and N receivers (1 → N fan-out): every message `tx` accepts reaches each receiver once.
+pub struct FanLink {
+    /// The sender. A technique that cannot multicast sends one copy per receiver inside `send`.
+    pub tx: Box<dyn MsgTx>,
+    /// The N receivers.
+    pub rxs: Vec<Box<dyn MsgRx>>,
+    /// From the first receiver's connect until all N were usable.
+    pub setup: Duration,
+    /// Releases whatever the link holds; run after `tx` and `rxs` have been dropped.
+    pub close: BoxFut<'static, ()>,
+}
+
+/// Sends each message to every one of several 1 → 1 links in turn: how a sender without a multicast path
+/// (a raw TCP server, a WebRTC peer with N connections) fans out.
+pub struct EachTx(pub Vec<Box<dyn MsgTx>>);
+
+impl MsgTx for EachTx {
+    fn send(&mut self, msg: Bytes) -> BoxFut<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            for tx in &mut self.0 {
+                tx.send(msg.clone()).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A fan-out made of `n` 1 → 1 links of `connect`, connected one after the other; the unused halves (the
+/// receivers' senders, the sender's receivers) stay alive until `close`.
+pub async fn fan_of_links<F>(n: usize, mut connect: impl FnMut() -> F) -> anyhow::Result<FanLink>
+where
+    F: Future<Output = anyhow::Result<Link>>,
+{
+    let started = std::time::Instant::now();
+    let (mut txs, mut rxs, mut keep, mut closes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let link = match connect().await {
+            Ok(l) => l,
+            Err(e) => {
+                // Release what was built before failing.
+                drop((txs, rxs, keep));
+                for c in closes {
+                    c.await;
+                }
+                return Err(e);
+            }
+        };
+        txs.push(link.a_tx);
+        rxs.push(link.b_rx);
+        keep.push((link.a_rx, link.b_tx));
+        closes.push(link.close);
+    }
+    let setup = started.elapsed();
+    Ok(FanLink {
+        tx: Box::new(EachTx(txs)),
+        rxs,
+        setup,
+        close: Box::pin(async move {
+            drop(keep);
+            for c in closes {
+                c.await;
+            }
+        }),
+    })
+}

@@ -1,12 +1,14 @@
 //! `bench`: how fast messages move between two endpoints, per technique, on this machine.
 //!
-//! `bench` (= `bench all`) measures, in one run and one table: a raw TCP loopback baseline; direct WebRTC
-//! data channels between two native `peer::Peer`s (reliable and unreliable) that meet through a signaling
-//! server started in-process; and messages relayed by a signaling server (a child process, so its cost can be
-//! read apart) over WebSocket, SSE + POST, long polling and short polling. Per message size: setup time,
-//! echo RTT and one-way latency, throughput, and for relayed rows the server's CPU, bytes and HTTP requests
-//! per delivered message. `bench p2p` and `bench relay` run one half. See docs/benchmarks.md.
+//! `bench` (= `bench all`) measures, in one run: a raw TCP loopback baseline; direct WebRTC data channels
+//! between two native `peer::Peer`s (reliable and unreliable) that meet through a signaling server started
+//! in-process; and messages relayed by a signaling server (a child process, so its cost can be read apart)
+//! over WebSocket, SSE + POST, long polling and short polling. Per message size: setup time, echo RTT, one-way
+//! latency under a paced load, unpaced throughput; 1 → N fan-out; for relayed rows the server's CPU, bytes and
+//! HTTP requests per delivery. Tables on stdout (median across passes), JSON (`--json`), SVG charts (`--svg`).
+//! `bench p2p` and `bench relay` run one half. See docs/benchmarks.md.
 
+mod chart;
 mod harness;
 mod link;
 mod report;
@@ -18,7 +20,7 @@ mod technique;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use harness::Params;
-use report::{Report, Row, TechniqueInfo};
+use report::{Report, Row, Sample, Source, TechniqueInfo};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,7 +56,7 @@ enum Cmd {
 
 #[derive(Debug, Clone, Args)]
 struct Opts {
-    /// Small counts: finishes in under 2 minutes (release build, 2 cores).
+    /// Small counts, one pass: finishes in under 2 minutes (release build, 2 cores).
     #[arg(long, global = true)]
     quick: bool,
     /// Minimal counts, for the smoke test: only proves every row can be measured.
@@ -63,26 +65,43 @@ struct Opts {
     /// Also write the results as JSON here.
     #[arg(long, global = true, value_name = "PATH")]
     json: Option<PathBuf>,
+    /// Also write SVG charts (latency CDF, throughput by size, fan-out latency) into this directory.
+    #[arg(long, global = true, value_name = "DIR")]
+    svg: Option<PathBuf>,
+    /// Whole passes over every technique (tables show the median across passes). Default: 3 full, 1 quick.
+    #[arg(long, global = true)]
+    runs: Option<usize>,
     /// Fresh links per technique for the setup time.
     #[arg(long, global = true)]
     joins: Option<usize>,
-    /// Timed round trips per row.
+    /// Timed echo round trips per row.
     #[arg(long, global = true)]
     rounds: Option<usize>,
     /// Untimed round trips before them.
     #[arg(long, global = true)]
     warmup_rounds: Option<usize>,
-    /// Throughput window per row (s).
+    /// Messages per second of the paced latency workload.
+    #[arg(long, global = true)]
+    rate: Option<f64>,
+    /// How long the paced workload sends (s).
+    #[arg(long, global = true)]
+    paced_secs: Option<f64>,
+    /// Unpaced throughput window per row (s).
     #[arg(long, global = true)]
     secs: Option<f64>,
     /// Untimed sending before the window (s).
     #[arg(long, global = true)]
     warmup_secs: Option<f64>,
-    /// Message sizes in bytes, comma-separated (each ≥ 8). Default: 1024, 65535 (largest single-frame binary
-    /// message of peer::framing), 65536 (64 KiB: two frames on a reliable channel).
+    /// Message sizes in bytes, comma-separated (each ≥ 8). Default: 64, 1024, 16384, 65536.
     #[arg(long, global = true, value_delimiter = ',')]
     sizes: Option<Vec<usize>>,
-    /// Only these techniques (comma-separated names as in the table).
+    /// Receivers of the 1 → N fan-out rows, comma-separated (each ≥ 2; 0 alone: no fan-out). Default: 2, 8, 32.
+    #[arg(long, global = true, value_delimiter = ',')]
+    fanout: Option<Vec<usize>>,
+    /// Message size of the fan-out rows (bytes).
+    #[arg(long, global = true)]
+    fanout_size: Option<usize>,
+    /// Only these techniques (comma-separated names as in the tables).
     #[arg(long, global = true, value_delimiter = ',')]
     only: Option<Vec<String>>,
 }
@@ -99,55 +118,43 @@ impl Opts {
     }
 
     fn params(&self) -> anyhow::Result<Params> {
-        let mut p = match self.mode() {
-            "tiny" => Params {
-                joins: 1,
-                rtt_warmup: 3,
-                rtt_rounds: 20,
-                rtt_timeout_ms: 500,
-                tput_warmup_s: 0.05,
-                tput_secs: 0.2,
-                sizes: Vec::new(),
-            },
-            "quick" => Params {
-                // Odd and ≥ 5: about one join in ten hits a ~205 ms timer stall, which must not become the median.
-                joins: 5,
-                rtt_warmup: 20,
-                rtt_rounds: 200,
-                rtt_timeout_ms: 500,
-                tput_warmup_s: 0.2,
-                tput_secs: 1.0,
-                sizes: Vec::new(),
-            },
-            _ => Params {
-                joins: 10,
-                rtt_warmup: 100,
-                rtt_rounds: 1000,
-                rtt_timeout_ms: 500,
-                tput_warmup_s: 0.5,
-                tput_secs: 3.0,
-                sizes: Vec::new(),
-            },
+        let base = |joins, rtt_warmup, rtt_rounds, paced_secs, tput_warmup_s, tput_secs, fanout: &[usize], runs| Params {
+            joins,
+            rtt_warmup,
+            rtt_rounds,
+            rtt_timeout_ms: 500,
+            paced_rate: 100.0,
+            paced_secs,
+            tput_warmup_s,
+            tput_secs,
+            sizes: vec![64, 1024, 16 * 1024, 64 * 1024],
+            fanout: fanout.to_vec(),
+            fanout_size: 1024,
+            runs,
         };
-        p.sizes = self.sizes.clone().unwrap_or_else(|| vec![1024, peer::framing::MAX_FRAME - 1, 64 * 1024]);
-        if let Some(v) = self.joins {
-            p.joins = v;
+        let mut p = match self.mode() {
+            "tiny" => base(1, 3, 20, 0.2, 0.05, 0.2, &[2], 1),
+            // Odd and ≥ 5 joins: about one join in ten hits a ~205 ms timer stall, which must not become the median.
+            "quick" => base(5, 20, 200, 0.5, 0.1, 0.5, &[2, 8, 32], 1),
+            _ => base(11, 50, 500, 2.0, 0.3, 1.5, &[2, 8, 32], 3),
+        };
+        if let Some(v) = &self.sizes {
+            p.sizes = v.clone();
         }
-        if let Some(v) = self.rounds {
-            p.rtt_rounds = v;
+        if let Some(v) = &self.fanout {
+            p.fanout = v.iter().copied().filter(|&n| n != 0).collect();
         }
-        if let Some(v) = self.warmup_rounds {
-            p.rtt_warmup = v;
+        macro_rules! set {
+            ($($opt:ident => $field:ident),*) => { $(if let Some(v) = self.$opt { p.$field = v; })* };
         }
-        if let Some(v) = self.secs {
-            p.tput_secs = v;
-        }
-        if let Some(v) = self.warmup_secs {
-            p.tput_warmup_s = v;
-        }
-        anyhow::ensure!(p.sizes.iter().all(|&s| s >= 8), "every size must be at least 8 bytes (the sequence number)");
-        anyhow::ensure!(p.joins >= 1 && p.rtt_rounds >= 1, "--joins and --rounds must be at least 1");
+        set!(joins => joins, rounds => rtt_rounds, warmup_rounds => rtt_warmup, rate => paced_rate,
+             paced_secs => paced_secs, secs => tput_secs, warmup_secs => tput_warmup_s, fanout_size => fanout_size,
+             runs => runs);
+        anyhow::ensure!(p.sizes.iter().chain([&p.fanout_size]).all(|&s| s >= 8), "every size must be at least 8 bytes (the sequence number)");
+        anyhow::ensure!(p.joins >= 1 && p.rtt_rounds >= 1 && p.runs >= 1, "--joins, --rounds and --runs must be at least 1");
+        anyhow::ensure!(p.fanout.iter().all(|&n| n >= 2), "--fanout: each N must be at least 2 (1 → 1 is the main table)");
         anyhow::ensure!(p.tput_secs > 0.0 && p.tput_warmup_s >= 0.0, "--secs must be positive");
+        anyhow::ensure!(p.paced_rate > 0.0 && p.paced_rate <= 100_000.0 && p.paced_secs > 0.0, "--rate must be in (0, 100000] and --paced-secs positive");
         Ok(p)
     }
 }
@@ -171,33 +178,51 @@ fn main() -> anyhow::Result<()> {
             let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
             reports.push(serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?);
         }
-        print!("{}", report::merged(&reports));
-        return Ok(());
+        let merged = Report::merge(reports)?;
+        return output(&merged, &cli.opts);
     }
     // Both ends of every link run on this one runtime: one worker per core, as a real app would.
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let ok = rt.block_on(run(cli))?;
+    let (report, ok) = rt.block_on(run(cli.cmd.unwrap_or(Cmd::All), &cli.opts))?;
+    output(&report, &cli.opts)?;
     if !ok {
         std::process::exit(1);
     }
     Ok(())
 }
 
-async fn run(cli: Cli) -> anyhow::Result<bool> {
-    let machine = sys::Machine::probe();
+/// Prints the tables, writes the JSON and the charts if asked.
+fn output(report: &Report, opts: &Opts) -> anyhow::Result<()> {
+    print!("{}", report.markdown());
+    if let Some(path) = &opts.json {
+        std::fs::write(path, serde_json::to_string(report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(dir) = &opts.svg {
+        for f in chart::write_all(report, dir)? {
+            eprintln!("wrote {}", f.display());
+        }
+    }
+    Ok(())
+}
+
+async fn run(cmd: Cmd, opts: &Opts) -> anyhow::Result<(Report, bool)> {
+    let mut machine = sys::Machine::probe();
     let command = std::env::args().map(|a| shell_quote(&a)).collect::<Vec<_>>().join(" ");
-    let params = cli.opts.params()?;
+    let params = opts.params()?;
+    let mode = opts.mode();
     let started = Instant::now();
     let started_unix =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let suite = match cli.cmd.unwrap_or(Cmd::All) {
+    let suite = match cmd {
         Cmd::All => "all",
         Cmd::P2p => "p2p",
         Cmd::Relay => "relay",
         Cmd::Merge { .. } | Cmd::ServeSignaling => unreachable!("handled in main"),
     };
 
-    // The signaling server, in-process on an ephemeral loopback port.
+    // The signaling server of the P2P rows, in-process on an ephemeral loopback port (only used for setup).
     let server = signaling::Server::bind(signaling::Config::with_listen("127.0.0.1:0".parse()?))
         .await
         .context("starting the signaling server")?;
@@ -213,87 +238,103 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     if let Some(rs) = &relay_server {
         techniques.extend(technique::relay_suite(&env, rs));
     }
-    if let Some(only) = &cli.opts.only {
+    if let Some(only) = &opts.only {
         let known: Vec<&str> = techniques.iter().map(|t| t.name()).collect();
         for name in only {
             anyhow::ensure!(known.contains(&name.as_str()), "unknown technique {name:?}; known: {known:?}");
         }
         techniques.retain(|t| only.iter().any(|n| n == t.name()));
     }
-    eprintln!("bench {suite} ({} mode): {}", cli.opts.mode(), command);
+    eprintln!("bench {suite} ({mode} mode, {} pass(es)): {command}", params.runs);
 
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let mut skipped = Vec::new();
     let mut ok = true;
-    for tech in &techniques {
-        let tech: &dyn Technique = tech.as_ref();
-        let params = scaled(tech, &params, cli.opts.mode());
-        eprint!("{}: setup ×{} … ", tech.name(), params.joins);
-        let setup = harness::setup(tech, &params).await;
-        let (setup_ms, setup_err) = match setup {
-            Ok(s) => {
-                eprintln!("median {:.1} ms", s.median);
-                (Some(s), None)
-            }
-            Err(e) => {
-                eprintln!("FAILED: {e:#}");
-                (None, Some(format!("setup: {e:#}")))
-            }
-        };
-        for &size in &params.sizes {
-            if let Some(max) = tech.max_message().filter(|&m| size > m) {
-                skipped.push((tech.name().to_owned(), size, format!("largest message is {max} B: this channel cannot chunk")));
-                continue;
-            }
-            let mut row = Row {
-                technique: tech.name().to_owned(),
+    let mut record = |rows: &mut Vec<Row>, tech: &dyn Technique, size: usize, receivers: usize, sample: Sample| {
+        ok &= sample.errors.is_empty();
+        match rows.iter_mut().find(|r| r.technique == tech.name() && r.size == size && r.receivers == receivers) {
+            Some(r) => r.samples.push(sample),
+            None => rows.push(Row {
+                technique: tech.name().into(),
                 size,
+                receivers,
                 frames: tech.frames(size),
-                setup_ms: setup_ms.clone(),
-                rtt: None,
-                throughput: None,
-                errors: setup_err.iter().cloned().collect(),
+                samples: vec![sample],
+            }),
+        }
+    };
+    for pass in 1..=params.runs {
+        for tech in &techniques {
+            let tech: &dyn Technique = tech.as_ref();
+            let q = scaled(tech, &params, mode);
+            let pass_note = if params.runs > 1 { format!(" (pass {pass}/{})", params.runs) } else { String::new() };
+            eprint!("{}{pass_note}: setup ×{} … ", tech.name(), q.joins);
+            let (setup, setup_err) = match harness::setup(tech, &q).await {
+                Ok(s) => {
+                    eprintln!("median {:.1} ms", s.median);
+                    (Some(s), None)
+                }
+                Err(e) => {
+                    eprintln!("FAILED: {e:#}");
+                    (None, Some(format!("setup: {e:#}")))
+                }
             };
-            eprint!("{} {size} B: rtt … ", tech.name());
-            match harness::rtt(tech, size, &params).await {
-                Ok(r) => {
-                    eprint!("p50 {:.0} µs; throughput … ", r.p50_us);
-                    row.rtt = Some(r);
+            for &size in &q.sizes {
+                if let Some(max) = tech.max_message().filter(|&m| size > m) {
+                    let why = format!("largest message is {max} B: this channel cannot chunk");
+                    if !skipped.iter().any(|(t, z, _): &(String, usize, String)| t == tech.name() && *z == size) {
+                        skipped.push((tech.name().to_owned(), size, why));
+                    }
+                    continue;
                 }
-                Err(e) => {
-                    eprint!("FAILED ({e:#}); throughput … ");
-                    row.errors.push(format!("rtt: {e:#}"));
+                let mut sample =
+                    Sample { setup_ms: setup.clone(), errors: setup_err.iter().cloned().collect(), ..Sample::default() };
+                eprint!("{} {size} B: ", tech.name());
+                match tech.connect().await {
+                    Ok(mut link) => {
+                        one_to_one(tech, &mut link, size, &q, &mut sample).await;
+                        harness::close(link).await;
+                    }
+                    Err(e) => sample.errors.push(format!("connect: {e:#}")),
                 }
+                eprintln!("{}", if sample.errors.is_empty() { "ok" } else { "FAILED" });
+                record(&mut rows, tech, size, 1, sample);
             }
-            match harness::throughput(tech, size, &params).await {
-                Ok(t) => {
-                    eprintln!("{:.1} MB/s", t.mb_per_s);
-                    row.throughput = Some(t);
+            for &n in &q.fanout {
+                let size = q.fanout_size;
+                let mut sample = Sample::default();
+                eprint!("{} 1 → {n}, {size} B: connect … ", tech.name());
+                match tech.connect_fanout(n).await {
+                    Ok(mut fan) => {
+                        sample.setup_ms = stats::Spread::of(&[fan.setup], 1e3);
+                        eprint!("{:.0} ms; ", fan.setup.as_secs_f64() * 1e3);
+                        fan_out(tech, &mut fan, size, &q, &mut sample).await;
+                        harness::close_fan(fan).await;
+                    }
+                    Err(e) => sample.errors.push(format!("connect 1 → {n}: {e:#}")),
                 }
-                Err(e) => {
-                    eprintln!("FAILED ({e:#})");
-                    row.errors.push(format!("throughput: {e:#}"));
-                }
+                eprintln!("{}", if sample.errors.is_empty() { "ok" } else { "FAILED" });
+                record(&mut rows, tech, size, n, sample);
             }
-            ok &= row.errors.is_empty();
-            rows.push(row);
         }
     }
 
     let _ = stop.send(());
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
     drop(relay_server);
 
-    let mut machine = machine;
     machine.load_end = sys::load1();
     let report = Report {
-        format: 1,
+        format: report::FORMAT,
         suite: suite.into(),
-        mode: cli.opts.mode().into(),
-        command,
-        started_unix,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        machine,
+        sources: vec![Source {
+            command,
+            mode: mode.into(),
+            runs: params.runs,
+            started_unix,
+            elapsed_s: started.elapsed().as_secs_f64(),
+            machine,
+        }],
         params: params.clone(),
         techniques: techniques
             .iter()
@@ -301,12 +342,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 name: t.name().into(),
                 description: t.description().into(),
                 setup_means: t.setup_means().into(),
+                fanout_means: t.fanout_means().into(),
                 max_message: t.max_message(),
                 counts: t.poll_interval().map(|_| {
-                    let q = scaled(t.as_ref(), &params, cli.opts.mode());
+                    let q = scaled(t.as_ref(), &params, mode);
                     format!(
-                        "{} joins, {} + {} echoes (lost after {} ms), {} s window, sizes {:?}",
-                        q.joins, q.rtt_warmup, q.rtt_rounds, q.rtt_timeout_ms, q.tput_secs, q.sizes
+                        "{} joins; sizes {:?}; {} + {} echoes (lost after {} ms); {} s paced; {} s window; fan-out {:?}",
+                        q.joins, q.sizes, q.rtt_warmup, q.rtt_rounds, q.rtt_timeout_ms, q.paced_secs, q.tput_secs, q.fanout
                     )
                 }),
             })
@@ -314,37 +356,88 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         skipped,
         rows,
     };
-    print!("{}", report.markdown());
-    if let Some(path) = &cli.opts.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(ok)
+    Ok((report, ok))
 }
 
-/// The counts for one technique: a technique that delivers on a poll timer (short polling) gets fewer round
-/// trips, more time per round trip, a throughput window of at least two polls, and in `--tiny` mode only the
-/// first message size, so that every row fits the run's time budget.
+/// Echo RTT, paced latency and throughput on one 1 → 1 link, each phase's failure recorded and the next tried.
+async fn one_to_one(tech: &dyn Technique, link: &mut link::Link, size: usize, q: &Params, sample: &mut Sample) {
+    match harness::rtt(tech, link, size, q).await {
+        Ok(r) => {
+            eprint!("rtt p50 {:.0} µs; ", r.p50_us);
+            sample.rtt = Some(r);
+        }
+        Err(e) => sample.errors.push(format!("rtt: {e:#}")),
+    }
+    let mut rxs = vec![std::mem::replace(&mut link.b_rx, Box::new(harness::Gone))];
+    phases(tech, &mut link.a_tx, &mut rxs, size, q, sample).await;
+    if let Some(rx) = rxs.pop() {
+        link.b_rx = rx;
+    }
+}
+
+/// Paced latency and throughput on one fan-out.
+async fn fan_out(tech: &dyn Technique, fan: &mut link::FanLink, size: usize, q: &Params, sample: &mut Sample) {
+    phases(tech, &mut fan.tx, &mut fan.rxs, size, q, sample).await;
+}
+
+async fn phases(
+    tech: &dyn Technique,
+    tx: &mut Box<dyn link::MsgTx>,
+    rxs: &mut Vec<Box<dyn link::MsgRx>>,
+    size: usize,
+    q: &Params,
+    sample: &mut Sample,
+) {
+    match harness::paced(tech, tx, rxs, size, q).await {
+        Ok(p) => {
+            eprint!("one-way p50 {:.0} µs; ", p.p50_us);
+            sample.paced = Some(p);
+        }
+        Err(e) => sample.errors.push(format!("paced: {e:#}")),
+    }
+    match harness::throughput(tech, tx, rxs, size, q).await {
+        Ok(t) => {
+            eprint!("{:.1} MB/s; ", t.mb_per_s);
+            sample.throughput = Some(t);
+        }
+        Err(e) => sample.errors.push(format!("throughput: {e:#}")),
+    }
+}
+
+/// The counts for one technique. A technique that delivers on a poll timer (short polling) gets fewer round
+/// trips, paced and throughput phases of at least a few polls, and fewer rows — `--tiny`: 1 KiB and the first
+/// fan-out; `--quick`: 1 KiB only, no fan-out; full: every size and fan-out — so that every row fits the
+/// run's time budget (a delivery waits for a poll, whatever the size).
 fn scaled(tech: &dyn Technique, p: &Params, mode: &str) -> Params {
     let Some(interval) = tech.poll_interval() else { return p.clone() };
     let mut q = p.clone();
-    let (rtt_budget, joins) = match mode {
-        "tiny" => (Duration::from_millis(500), 1),
-        "quick" => (Duration::from_millis(4500), 3),
-        _ => (Duration::from_secs(20), p.joins),
+    let iv = interval.as_secs_f64();
+    let (rtt_budget, joins, polls) = match mode {
+        "tiny" => (0.5, 1, 1.0),
+        "quick" => (4.5, 3, 2.0),
+        _ => (10.0, p.joins.min(5), 4.0),
     };
     // A round trip waits for about one poll interval (half of one on each side, on average), after a random
     // pause of half of one on average (see `harness::rtt`).
-    let rounds = (rtt_budget.as_secs_f64() / (1.5 * interval.as_secs_f64())).floor() as usize;
+    let rounds = (rtt_budget / (1.5 * iv)).floor() as usize;
     q.joins = q.joins.min(joins);
     q.rtt_warmup = q.rtt_warmup.min(if mode == "tiny" { 0 } else { 1 });
     q.rtt_rounds = q.rtt_rounds.min(rounds.max(if mode == "tiny" { 1 } else { 2 }));
     q.rtt_timeout_ms = q.rtt_timeout_ms.max(4 * interval.as_millis() as u64 + 1000);
-    if mode != "tiny" {
-        q.tput_secs = q.tput_secs.max(2.0 * interval.as_secs_f64());
-    } else {
-        q.sizes.truncate(1);
+    q.paced_secs = q.paced_secs.max(polls * iv);
+    q.tput_secs = q.tput_secs.max(polls * iv);
+    // 1 KiB is the size the latency CDF shows.
+    let one = if q.sizes.contains(&1024) { 1024 } else { q.sizes[0] };
+    match mode {
+        "tiny" => {
+            q.sizes = vec![one];
+            q.fanout.truncate(1);
+        }
+        "quick" => {
+            q.sizes = vec![one];
+            q.fanout.clear();
+        }
+        _ => {}
     }
     q
 }

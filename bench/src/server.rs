@@ -20,6 +20,9 @@ use warp::Filter;
 /// (~87.5 KB). The server's default is 65,536 B.
 pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 
+/// Room size limit of the bench's server: a 1 → 32 fan-out is 33 clients in one room (the default is 16).
+pub const MAX_PEERS: usize = 64;
+
 /// What the child reports about itself.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct ServerStats {
@@ -90,6 +93,7 @@ pub fn serve_main() -> anyhow::Result<()> {
     rt.block_on(async {
         let mut cfg = signaling::Config::with_listen("127.0.0.1:0".parse()?);
         cfg.max_message_bytes = MAX_MESSAGE_BYTES;
+        cfg.max_peers = MAX_PEERS;
         cfg.validate()?;
         let hub = Arc::new(signaling::hub::Hub::new(signaling::hub::HubConfig {
             limits: protocol::Limits { max_message_bytes: cfg.max_message_bytes, max_peers: cfg.max_peers },
@@ -111,7 +115,7 @@ pub fn serve_main() -> anyhow::Result<()> {
         }
         .untuple_one()
         .and(signaling::routes::routes(hub.clone(), signaling::web::WebRoot::Embedded, &cfg.transports));
-        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        let listener = signaling::bind_listener(cfg.listen).await?;
         let addr = listener.local_addr()?;
         let reaper = {
             let hub = hub.clone();

@@ -1,15 +1,15 @@
 //! The ways of moving messages that the benchmark compares: one module per technique, one table row per
 //! technique × message size.
 //!
-//! To add a technique (e.g. the server-relayed WebSocket, SSE or long-polling rows): write a module
-//! with a type implementing [`Technique`] whose `connect` returns a [`Link`](crate::link::Link), and list it in
-//! [`all`]. The harness measures setup, RTT and throughput identically for every technique.
+//! To add a technique: write a module with a type implementing [`Technique`] whose `connect` returns a
+//! [`Link`](crate::link::Link), and list it in a suite ([`p2p_suite`], [`relay_suite`]). The harness measures
+//! setup, echo RTT, paced one-way latency, throughput and 1 → N fan-out identically for every technique.
 
 pub mod p2p;
 pub mod relay;
 pub mod tcp;
 
-use crate::link::{BoxFut, Link};
+use crate::link::{BoxFut, FanLink, Link};
 use crate::server::ServerProc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +68,15 @@ pub trait Technique: Send + Sync {
     }
     /// Builds a fresh connected pair.
     fn connect(&self) -> BoxFut<'_, anyhow::Result<Link>>;
+    /// Builds one sender and `n` receivers. By default `n` separate pairs, the sender writing each message to
+    /// every one of them; a technique with a multicast path (the server's room-wide relay) overrides it.
+    fn connect_fanout(&self, n: usize) -> BoxFut<'_, anyhow::Result<FanLink>> {
+        Box::pin(crate::link::fan_of_links(n, || self.connect()))
+    }
+    /// How the fan-out sender reaches its N receivers, in words (printed under the fan-out table).
+    fn fanout_means(&self) -> &'static str {
+        "N separate links; the sender writes each message to each of them in turn"
+    }
 }
 
 /// Every technique the `p2p` subcommand measures, baseline first.

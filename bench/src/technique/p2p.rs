@@ -79,6 +79,10 @@ impl Technique for P2p {
     fn lossy(&self) -> bool {
         self.channel.max_retransmits.is_some() || self.channel.max_packet_lifetime_ms.is_some()
     }
+    fn fanout_means(&self) -> &'static str {
+        "N peer connections, each in a room of its own (`peer` meshes every pair in a room, and N receivers need \
+         not talk to each other), the sender writing each message to each channel in turn: the sender's uplink carries N copies"
+    }
     fn connect(&self) -> BoxFut<'_, anyhow::Result<Link>> {
         Box::pin(async move {
             let room = self.env.fresh_room(self.name);

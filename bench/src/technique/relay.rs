@@ -9,7 +9,7 @@
 //! behind, so each direction keeps at most [`WINDOW`] messages in flight (sent, not yet received at the other
 //! end): that is the backpressure an unpaced sender sees here.
 
-use crate::link::{BoxFut, Link, MsgRx, MsgTx};
+use crate::link::{BoxFut, FanLink, Link, MsgRx, MsgTx};
 use crate::server::ServerProc;
 use crate::technique::{Env, Technique};
 use anyhow::{Context, bail};
@@ -103,6 +103,63 @@ impl Technique for Relay {
     fn poll_interval(&self) -> Option<Duration> {
         Relay::poll_interval(self)
     }
+    fn fanout_means(&self) -> &'static str {
+        "one room of N + 1 clients; the sender sends each message once, as a relay without `to`, and the server pushes it to all N"
+    }
+    fn connect_fanout(&self, n: usize) -> BoxFut<'_, anyhow::Result<FanLink>> {
+        Box::pin(async move {
+            let room = self.env.fresh_room(self.name);
+            let url = &self.server.url;
+            let (_, a_tx, mut a_ev) = connect_with(url, &room, self.options()).await.context("sender joins")?;
+            let started = Instant::now();
+            let mut receivers = Vec::with_capacity(n);
+            for i in 0..n {
+                let (welcome, _tx, ev) =
+                    connect_with(url, &room, self.options()).await.with_context(|| format!("receiver {i} joins"))?;
+                // A receiver's sender must stay alive: dropping a client's last handle makes it leave.
+                receivers.push((welcome.peer_id, _tx, ev));
+            }
+            let limit = Duration::from_secs(10 + n as u64 / 2) + self.interval * 4;
+            let hello = async {
+                let mut joined = std::collections::HashSet::new();
+                while joined.len() < n {
+                    match a_ev.recv().await {
+                        Some(SignalingEvent::Message(ServerMessage::PeerJoined { peer_id })) => {
+                            joined.insert(peer_id);
+                        }
+                        Some(SignalingEvent::Closed { code, .. }) => bail!("signaling closed ({code:?}) during setup"),
+                        None => bail!("signaling ended during setup"),
+                        _ => {}
+                    }
+                }
+                a_tx.send(ClientMessage::Relay { to: None, data: HELLO.into() }).await?;
+                for (_, _, ev) in &mut receivers {
+                    wait_for(ev, |m| matches!(m, ServerMessage::Relay { data, .. } if data == HELLO)).await?;
+                }
+                Ok(())
+            };
+            tokio::time::timeout(limit, hello).await.context("first relay not delivered to all in time")??;
+            let setup = started.elapsed();
+            let windows: Vec<Arc<Semaphore>> = (0..n).map(|_| Arc::new(Semaphore::new(WINDOW))).collect();
+            let mut rxs: Vec<Box<dyn MsgRx>> = Vec::with_capacity(n);
+            let mut keep = Vec::with_capacity(n);
+            for ((_, tx, events), window) in receivers.into_iter().zip(&windows) {
+                rxs.push(Box::new(RelayRx { events, window: window.clone() }));
+                keep.push(tx);
+            }
+            // The sender's own events must be drained or its client would block once its queue filled.
+            let drain = tokio::spawn(async move { while a_ev.recv().await.is_some() {} });
+            Ok(FanLink {
+                tx: Box::new(RelayTx { tx: a_tx, to: None, windows }),
+                rxs,
+                setup,
+                close: Box::pin(async move {
+                    drop(keep);
+                    drain.abort();
+                }),
+            })
+        })
+    }
     fn connect(&self) -> BoxFut<'_, anyhow::Result<Link>> {
         Box::pin(async move {
             let room = self.env.fresh_room(self.name);
@@ -125,9 +182,9 @@ impl Technique for Relay {
             let setup = started.elapsed();
             let (ab, ba) = (Arc::new(Semaphore::new(WINDOW)), Arc::new(Semaphore::new(WINDOW)));
             Ok(Link {
-                a_tx: Box::new(RelayTx { tx: a_tx, to: b_welcome.peer_id.clone(), window: ab.clone() }),
+                a_tx: Box::new(RelayTx { tx: a_tx, to: Some(b_welcome.peer_id.clone()), windows: vec![ab.clone()] }),
                 a_rx: Box::new(RelayRx { events: a_ev, window: ba.clone() }),
-                b_tx: Box::new(RelayTx { tx: b_tx, to: a_welcome.peer_id.clone(), window: ba }),
+                b_tx: Box::new(RelayTx { tx: b_tx, to: Some(a_welcome.peer_id.clone()), windows: vec![ba] }),
                 b_rx: Box::new(RelayRx { events: b_ev, window: ab }),
                 setup,
                 // Dropping each half's event receiver makes its client send `leave`.
@@ -151,19 +208,23 @@ async fn wait_for(
     bail!("signaling ended during setup")
 }
 
+/// Sends to one peer (`to`), or to the whole room (`to: None`, one message the server fans out); `windows`
+/// holds one in-flight window per receiver.
 struct RelayTx {
     tx: SignalingSender,
-    to: String,
-    window: Arc<Semaphore>,
+    to: Option<String>,
+    windows: Vec<Arc<Semaphore>>,
 }
 
 impl MsgTx for RelayTx {
     fn send(&mut self, msg: Bytes) -> BoxFut<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            // The receiving side gives the permit back.
-            self.window.acquire().await.context("window closed")?.forget();
+            // Each receiving side gives its permit back; the slowest receiver paces the sender.
+            for w in &self.windows {
+                w.acquire().await.context("window closed")?.forget();
+            }
             let data = serde_json::Value::String(B64.encode(&msg));
-            Ok(self.tx.send(ClientMessage::Relay { to: Some(self.to.clone()), data }).await?)
+            Ok(self.tx.send(ClientMessage::Relay { to: self.to.clone(), data }).await?)
         })
     }
 }

@@ -10,7 +10,8 @@ use tokio_tungstenite::tungstenite::Message;
 /// Opens `GET {base}/v1/rooms/{room}/ws` (`base` is `ws://host:port`).
 pub(super) async fn open(base: &str, room: &str, start: &Start) -> Result<Link, Error> {
     let url = format!("{base}/v1/rooms/{room}/ws{}", start.query());
-    let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+    // Nagle off: a message sent while the previous one is unacknowledged must not wait for a delayed ACK.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
         .await
         .map_err(|e| Error::Connect(format!("{base}/v1/rooms/{room}/ws: {e}")))?;
     let (mut sink, mut stream) = ws.split();
