@@ -2,11 +2,15 @@
 
 import { SignalingClient } from './signaling.js';
 import { Mesh } from './mesh.js';
+import { Comparison } from './compare.js';
+import { createCompareView } from './compare-view.js';
 import { TRANSPORTS } from './transports.js';
 import { createUi, transportLabel } from './ui.js';
 
 const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
 const RENDER_INTERVAL_MS = 1000;
+/** The compare panel changes several times per ping; one redraw per this long is enough to look live. */
+const COMPARE_RENDER_MS = 100;
 
 const probeEarly = new URLSearchParams(location.search).get('probe') === 'early';
 // `?relay=only`: TURN relays only (for tests, and for anyone who does not want peers to see their address).
@@ -16,7 +20,7 @@ const forcedTransport = param('transport');
 // Filled in by the mesh; created here so `window.demo.timings` exists before the first join.
 const timings = { welcomeAt: null, openAt: {}, dcOpenAt: {} };
 
-/** @type {{room: string, signaling: SignalingClient, mesh: Mesh} | null} */
+/** @type {{room: string, signaling: SignalingClient, mesh: Mesh, comparison: Comparison} | null} */
 let session = null;
 let serverRttMs = null;
 let resumes = 0;
@@ -29,6 +33,24 @@ const ui = createUi({
   },
   onSend: (text) => sendChat(text),
 });
+const compareView = createCompareView({
+  onToggle: (peerId) => {
+    const comparison = session?.comparison;
+    if (comparison?.running) comparison.stop();
+    else if (comparison && peerId) comparison.start(peerId);
+  },
+});
+let compareRenderQueued = false;
+
+/** Redraws the compare panel soon, once however many changes come meanwhile. */
+function renderCompareSoon() {
+  if (compareRenderQueued) return;
+  compareRenderQueued = true;
+  setTimeout(() => {
+    compareRenderQueued = false;
+    compareView.render(state());
+  }, COMPARE_RENDER_MS);
+}
 
 /** Sends a line to every peer and shows it; returns how many peers it was addressed to. */
 function sendChat(text) {
@@ -60,6 +82,7 @@ function state() {
     peers: session?.mesh.snapshot() ?? {},
     received: session ? [...session.mesh.received] : [],
     earlyReceived: session?.mesh.earlyReceived ?? 0,
+    compare: session?.comparison.snapshot() ?? null,
   };
 }
 
@@ -76,10 +99,15 @@ function join(room) {
   }
   const signaling = new SignalingClient(room, forced ? { transports: [forced] } : {});
   const mesh = new Mesh(signaling, { probeEarly, timings, relayOnly });
-  session = { room, signaling, mesh, forced };
+  const comparison = new Comparison(signaling, mesh);
+  session = { room, signaling, mesh, comparison, forced };
   ui.showSession(room);
 
-  const render = () => ui.render(state());
+  const render = () => {
+    ui.render(state());
+    renderCompareSoon();
+  };
+  comparison.addEventListener('change', renderCompareSoon);
   signaling.addEventListener('state', render);
   signaling.addEventListener('transport', render);
   /** "SSE + POST (WebSocket unavailable)": which transport, and whether it is a fallback. */
@@ -136,6 +164,10 @@ window.demo = {
   // Drops the signaling connection as a network failure would; the client resumes by itself.
   dropSignaling: () => session?.signaling.dropConnection(),
   send: sendChat,
+  // Closes the chat channel with one peer for good (the connection stays): the compare panel's direct path dies.
+  closeChannel: (peerId) => session?.mesh.closeChannel(peerId),
+  // Pushes any JSON through the server as this page's `relay` (e.g. malformed compare probes, for tests).
+  relay: (data, to) => session?.signaling.relay(data, to) ?? false,
   timings,
 };
 
@@ -148,6 +180,7 @@ addEventListener('hashchange', () => {
 
 addEventListener('pagehide', () => {
   // `leave` lets the others see "left" at once instead of waiting for the socket to be noticed closed.
+  session?.comparison.stop();
   session?.signaling.close();
   session?.mesh.close();
 });

@@ -5,6 +5,9 @@
 //   change        – {peerId}: something shown about that peer changed (state, stats, readiness)
 //   peer-removed  – {peerId, reason}
 //   chat          – {from, text}: a chat line from a peer
+//   ping          – {peerId, id}: that peer's channel ping, answered with a pong on the same channel
+//   pong          – {peerId, id}: a channel pong (our own once-a-second probe has integer ids; others are
+//                   answers to `ping()`)
 
 import { Reassembler, send as sendFramed } from './framing.js';
 import { fetchIceServers, refreshAfterMs } from './ice.js';
@@ -61,6 +64,22 @@ export class Mesh extends EventTarget {
     return this.#peers.size;
   }
 
+  /**
+   * Sends `{t:"ping", id, ts}` to one peer over its channel now; its answer comes as a `pong` event.
+   * @returns {boolean} false when that peer's channel is not ready (nothing was sent)
+   */
+  ping(peerId, { id, ts }) {
+    return this.#peers.get(peerId)?.sendPing({ t: 'ping', id, ts }) ?? false;
+  }
+
+  /**
+   * Closes the chat channel with one peer and leaves the connection up; the channel is not reopened. For tests
+   * (and for watching the compare panel lose the direct path while the relay goes on).
+   */
+  closeChannel(peerId) {
+    this.#peers.get(peerId)?.closeChannel();
+  }
+
   /** A JSON-serialisable view of every peer, keyed by peer id. */
   snapshot() {
     return Object.fromEntries([...this.#peers].map(([id, link]) => [id, link.snapshot()]));
@@ -107,6 +126,8 @@ export class Mesh extends EventTarget {
           this.#emit('chat', { from: peerId, text });
         },
         early: () => { this.earlyReceived += 1; },
+        ping: (id) => this.#emit('ping', { peerId, id }),
+        pong: (id) => this.#emit('pong', { peerId, id }),
       },
     });
     this.#peers.set(peerId, link);
@@ -227,6 +248,13 @@ class PeerLink {
     }
   }
 
+  /** Sends a ping at once if the peer is ready; a ping queued for later would measure the wait, not the path. */
+  sendPing(msg) {
+    if (!this.#ready || this.#channel?.readyState !== 'open') return false;
+    this.#send(msg);
+    return true;
+  }
+
   snapshot() {
     return {
       pc: this.#pc.connectionState,
@@ -238,6 +266,10 @@ class PeerLink {
       iceError: this.#iceError,
       queued: this.#outbox.length,
     };
+  }
+
+  closeChannel() {
+    this.#channel?.close();
   }
 
   /** New ICE servers (fresh credentials), used from the next ICE gathering on. */
@@ -380,12 +412,14 @@ class PeerLink {
         break;
       case 'ping':
         this.#send({ t: 'pong', id: msg.id, ts: msg.ts });
+        this.#events.ping(msg.id);
         break;
       case 'pong':
         if (typeof msg.ts === 'number') {
           this.#appRttMs = performance.now() - msg.ts;
           this.#events.changed();
         }
+        this.#events.pong(msg.id);
         break;
       case 'early':
         this.#events.early();
