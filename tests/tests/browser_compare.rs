@@ -99,7 +99,10 @@ async fn the_compare_panel_measures_the_data_channel_and_the_relay_at_once() -> 
         let started = Instant::now();
         let outcome = compare_over(&a, &b, &url, transport).await;
         keep_failure_artifacts(outcome, &[&a, &b], &format!("compare-{transport}")).await?;
-        println!("{transport}: case took {} ms", started.elapsed().as_millis());
+        println!(
+            "{transport}: case took {} ms",
+            started.elapsed().as_millis()
+        );
     }
     a.close().await?;
     b.close().await?;
@@ -111,7 +114,11 @@ async fn compare_over(a: &Browser, b: &Browser, url: &str, transport: &str) -> R
     for browser in [a, b] {
         browser.execute(CATCH_ERRORS, Vec::new()).await?;
         let used = browser.eval(&format!("({DEMO_STATE})?.transport")).await?;
-        ensure!(used == transport, "{} signals over {used}, expected {transport}", browser.name());
+        ensure!(
+            used == transport,
+            "{} signals over {used}, expected {transport}",
+            browser.name()
+        );
     }
 
     // The card shows up by itself once a peer is ready, with that peer chosen; the test uses its button.
@@ -121,12 +128,14 @@ async fn compare_over(a: &Browser, b: &Browser, url: &str, transport: &str) -> R
         "(() => { const card = document.getElementById('compare'); \
            return { hidden: card.hidden, peer: document.getElementById('compare-peer').value, \
                     disabled: document.getElementById('compare-toggle').disabled }; })()",
-        |v| (v["hidden"] == false && v["peer"] == b_id.as_str() && v["disabled"] == false).then_some(()),
+        |v| {
+            (v["hidden"] == false && v["peer"] == b_id.as_str() && v["disabled"] == false)
+                .then_some(())
+        },
     )
     .await?;
     let started = Instant::now();
-    a.execute("document.getElementById('compare-toggle').click();", Vec::new())
-        .await?;
+    click(a, "compare-toggle").await?;
     let running = a.eval(&format!("({DEMO_STATE})?.compare")).await?;
     ensure!(
         running["running"] == true && running["peer"] == b_id.as_str(),
@@ -140,12 +149,10 @@ async fn compare_over(a: &Browser, b: &Browser, url: &str, transport: &str) -> R
     }
     if transport == "shortpoll" {
         // Short polling's relay RTTs are 100× the channel's: the log scale shows both lines.
-        a.execute("document.getElementById('compare-log').click();", Vec::new())
-            .await?;
+        click(a, "compare-log").await?;
     }
 
-    a.execute("document.getElementById('compare-toggle').click();", Vec::new())
-        .await?;
+    click(a, "compare-toggle").await?;
     let panel = settled_panel(a).await?;
     let c = &panel["compare"];
 
@@ -153,7 +160,11 @@ async fn compare_over(a: &Browser, b: &Browser, url: &str, transport: &str) -> R
     let mut ids = Vec::new();
     for path in ["dc", "relay"] {
         let series = c["series"][path].as_array().context("series is an array")?;
-        ensure!(series.len() as u64 >= ANSWERS, "{path}: {} entries", series.len());
+        ensure!(
+            series.len() as u64 >= ANSWERS,
+            "{path}: {} entries",
+            series.len()
+        );
         let mut path_ids = Vec::new();
         for entry in series {
             let rtt = entry["rttMs"].as_f64();
@@ -161,7 +172,12 @@ async fn compare_over(a: &Browser, b: &Browser, url: &str, transport: &str) -> R
                 rtt.is_some_and(|rtt| rtt.is_finite() && rtt > 0.0),
                 "{path}: a ping without a positive RTT on loopback: {entry}"
             );
-            path_ids.push(entry["id"].as_str().context("ping ids are strings")?.to_owned());
+            path_ids.push(
+                entry["id"]
+                    .as_str()
+                    .context("ping ids are strings")?
+                    .to_owned(),
+            );
         }
         ids.push(path_ids);
         let s = &c["summary"][path];
@@ -170,33 +186,62 @@ async fn compare_over(a: &Browser, b: &Browser, url: &str, transport: &str) -> R
             "{path} summary: {s}"
         );
     }
-    ensure!(ids[0] == ids[1], "the paths carried different pings: dc {:?}, relay {:?}", ids[0], ids[1]);
-    ensure!(c["sent"] == ids[0].len(), "sent {} but the series hold {}", c["sent"], ids[0].len());
+    ensure!(
+        ids[0] == ids[1],
+        "the paths carried different pings: dc {:?}, relay {:?}",
+        ids[0],
+        ids[1]
+    );
+    ensure!(
+        c["sent"] == ids[0].len(),
+        "sent {} but the series hold {}",
+        c["sent"],
+        ids[0].len()
+    );
     let unique: HashSet<&String> = ids[0].iter().collect();
-    ensure!(unique.len() == ids[0].len(), "a ping id repeats: {:?}", ids[0]);
+    ensure!(
+        unique.len() == ids[0].len(),
+        "a ping id repeats: {:?}",
+        ids[0]
+    );
 
     // The relay really went through the server over the transport under test, on both legs.
-    ensure!(c["relayTransport"] == transport, "a's relay leg: {}", c["relayTransport"]);
-    ensure!(c["remoteTransport"] == transport, "b's relay leg: {}", c["remoteTransport"]);
+    ensure!(
+        c["relayTransport"] == transport,
+        "a's relay leg: {}",
+        c["relayTransport"]
+    );
+    ensure!(
+        c["remoteTransport"] == transport,
+        "b's relay leg: {}",
+        c["remoteTransport"]
+    );
     ensure!(
         c["dcPath"]["local"] == "host" && c["dcPath"]["remote"] == "host",
         "the data channel path: {}",
         c["dcPath"]
     );
     ensure!(
-        panel["dcPath"].as_str().is_some_and(|t| t.starts_with("peer-to-peer (host → host)")),
+        panel["dcPath"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("peer-to-peer (host → host)")),
         "the page says of the channel: {}",
         panel["dcPath"]
     );
     ensure!(
-        panel["relayPath"].as_str().is_some_and(|t| t.contains("through the signaling server")),
+        panel["relayPath"]
+            .as_str()
+            .is_some_and(|t| t.contains("through the signaling server")),
         "the page says of the relay: {}",
         panel["relayPath"]
     );
 
     // B answered every one of them, on each path, without a comparison of its own.
     let b_state = b.eval(&format!("({DEMO_STATE})?.compare")).await?;
-    ensure!(b_state["running"] == false && b_state["sent"] == 0, "b ran a comparison: {b_state}");
+    ensure!(
+        b_state["running"] == false && b_state["sent"] == 0,
+        "b ran a comparison: {b_state}"
+    );
     for path in ["dc", "relay"] {
         let answered: Vec<String> = serde_json::from_value(b_state["answeredIds"][path].clone())
             .with_context(|| format!("b's answered {path} ids: {b_state}"))?;
@@ -219,7 +264,11 @@ async fn compare_over(a: &Browser, b: &Browser, url: &str, transport: &str) -> R
 
     for browser in [a, b] {
         let errors = browser.eval("window.__errors").await?;
-        ensure!(errors == json!([]), "{}: uncaught errors: {errors}", browser.name());
+        ensure!(
+            errors == json!([]),
+            "{}: uncaught errors: {errors}",
+            browser.name()
+        );
     }
 
     let shot = screenshot_panel(a, &format!("compare-{transport}.png")).await?;
@@ -242,8 +291,7 @@ async fn compare_over(a: &Browser, b: &Browser, url: &str, transport: &str) -> R
 async fn the_relay_goes_on_without_the_channel(a: &Browser, b_id: &str) -> Result<()> {
     let ignored = a.eval(&format!("({DEMO_STATE})?.compare.ignored")).await?;
     let ignored = ignored.as_u64().context("ignored count")?;
-    a.execute("document.getElementById('compare-toggle').click();", Vec::new())
-        .await?;
+    click(a, "compare-toggle").await?;
     let before = wait_answers(a, 4, ignored).await?;
     let relay_before = before["summary"]["relay"]["samples"].as_u64().unwrap_or(0);
     a.execute("window.demo.closeChannel(arguments[0]);", vec![json!(b_id)])
@@ -259,8 +307,7 @@ async fn the_relay_goes_on_without_the_channel(a: &Browser, b_id: &str) -> Resul
         },
     )
     .await?;
-    a.execute("document.getElementById('compare-toggle').click();", Vec::new())
-        .await?;
+    click(a, "compare-toggle").await?;
     let panel = settled_panel(a).await?;
     let c = &panel["compare"];
     let dc = c["series"]["dc"].as_array().context("dc series")?;
@@ -270,7 +317,10 @@ async fn the_relay_goes_on_without_the_channel(a: &Browser, b_id: &str) -> Resul
         "a relay ping went unanswered after the channel closed: {relay:?}"
     );
     // Answered until the close, lost from it on: one switch, never back.
-    let first_lost = dc.iter().position(|e| e["lost"] == true).context("no lost channel ping")?;
+    let first_lost = dc
+        .iter()
+        .position(|e| e["lost"] == true)
+        .context("no lost channel ping")?;
     ensure!(
         first_lost >= 4
             && dc[..first_lost].iter().all(|e| e["rttMs"].is_number())
@@ -322,7 +372,13 @@ async fn malformed_input_is_ignored(a: &Browser, b: &Browser, a_id: &str) -> Res
         .to_owned();
     let payloads: Vec<Value> = malformed_relays()
         .into_iter()
-        .map(|p| if p["id"] == DUPLICATE { json!({"t": "pong", "id": answered_id}) } else { p })
+        .map(|p| {
+            if p["id"] == DUPLICATE {
+                json!({"t": "pong", "id": answered_id})
+            } else {
+                p
+            }
+        })
         .collect();
     let count = payloads.len() as u64;
     let sent = b
@@ -331,15 +387,24 @@ async fn malformed_input_is_ignored(a: &Browser, b: &Browser, a_id: &str) -> Res
             vec![json!(payloads), json!(a_id)],
         )
         .await?;
-    ensure!(sent == json!(vec![true; payloads.len()]), "b could not relay: {sent}");
+    ensure!(
+        sent == json!(vec![true; payloads.len()]),
+        "b could not relay: {sent}"
+    );
     let samples = |c: &Value, path: &str| c["summary"][path]["samples"].as_u64().unwrap_or(0);
     let floor = samples(&before, "dc").min(samples(&before, "relay"));
     // Exactly those ignored, and the run goes on: 8 more answers on each path after them.
     let after = wait_answers(a, floor + 8, count).await?;
     for path in ["dc", "relay"] {
         let series = after["series"][path].as_array().context("series")?;
-        let answered = series.iter().filter(|e| e["id"] == answered_id.as_str()).count();
-        ensure!(answered == 1, "{path}: {answered_id} appears {answered} times");
+        let answered = series
+            .iter()
+            .filter(|e| e["id"] == answered_id.as_str())
+            .count();
+        ensure!(
+            answered == 1,
+            "{path}: {answered_id} appears {answered} times"
+        );
         ensure!(
             !series.iter().any(|e| e["id"] == "no-such-ping"),
             "{path}: a made-up id became a sample"
@@ -350,7 +415,9 @@ async fn malformed_input_is_ignored(a: &Browser, b: &Browser, a_id: &str) -> Res
     )
     .await?;
     ensure!(
-        chart.as_str().is_some_and(|d| !d.is_empty() && !d.contains("NaN")),
+        chart
+            .as_str()
+            .is_some_and(|d| !d.is_empty() && !d.contains("NaN")),
         "chart after bad input: {chart}"
     );
     println!("ws: {count} malformed or stray relays ignored and counted; the run went on");
@@ -360,23 +427,31 @@ async fn malformed_input_is_ignored(a: &Browser, b: &Browser, a_id: &str) -> Res
 /// After Stop: waits until nothing is pending and the DOM shows the stopped state (the panel redraws a
 /// moment after each change), then checks the summary cells and the chart against the state.
 async fn settled_panel(a: &Browser) -> Result<Value> {
-    let panel = wait_until("a's stopped panel to settle and show its state", SETTLE_TIMEOUT, || async {
-        let panel = a.eval(PANEL).await?;
-        let c = &panel["compare"];
-        let settled = c["running"] == false
-            && c["summary"]["dc"]["pending"] == 0
-            && c["summary"]["relay"]["pending"] == 0
-            && panel["status"].as_str().is_some_and(|s| s.starts_with("Stopped"));
-        Ok(match dom_matches(&panel) {
-            Ok(()) if settled => Check::Done(panel),
-            Ok(()) => Check::Pending(format!("not settled yet: {panel}")),
-            Err(mismatch) => Check::Pending(format!("{mismatch:#}; {panel}")),
-        })
-    })
+    let panel = wait_until(
+        "a's stopped panel to settle and show its state",
+        SETTLE_TIMEOUT,
+        || async {
+            let panel = a.eval(PANEL).await?;
+            let c = &panel["compare"];
+            let settled = c["running"] == false
+                && c["summary"]["dc"]["pending"] == 0
+                && c["summary"]["relay"]["pending"] == 0
+                && panel["status"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("Stopped"));
+            Ok(match dom_matches(&panel) {
+                Ok(()) if settled => Check::Done(panel),
+                Ok(()) => Check::Pending(format!("not settled yet: {panel}")),
+                Err(mismatch) => Check::Pending(format!("{mismatch:#}; {panel}")),
+            })
+        },
+    )
     .await?;
     ensure!(panel["hidden"] == false, "the card hid itself after Stop");
     ensure!(
-        panel["live"].as_str().is_some_and(|s| s.contains("Data channel:") && s.contains("Relay:")),
+        panel["live"]
+            .as_str()
+            .is_some_and(|s| s.contains("Data channel:") && s.contains("Relay:")),
         "live summary: {}",
         panel["live"]
     );
@@ -390,7 +465,11 @@ fn dom_matches(panel: &Value) -> Result<()> {
         let dom = &panel["paths"][path];
         for stat in ["samples", "lost"] {
             let shown = dom["cells"][stat].as_str().unwrap_or_default();
-            ensure!(shown == s[stat].to_string(), "{path} {stat}: shows {shown:?}, state {}", s[stat]);
+            let count = s[stat].as_u64().context("counts are integers")?;
+            ensure!(
+                shown.parse() == Ok(count),
+                "{path} {stat}: shows {shown:?}, state {count}"
+            );
         }
         for stat in ["p50", "p90", "max"] {
             let shown = dom["cells"][stat].as_str().unwrap_or_default();
@@ -407,8 +486,17 @@ fn dom_matches(panel: &Value) -> Result<()> {
             );
         }
         let samples = s["samples"].as_u64().context("samples")?;
-        ensure!(dom["points"] == samples, "{path}: chart has {} points, {samples} samples", dom["points"]);
-        ensure!(dom["lostMarks"] == s["lost"], "{path}: chart marks {} lost, state {}", dom["lostMarks"], s["lost"]);
+        ensure!(
+            dom["points"] == samples,
+            "{path}: chart has {} points, {samples} samples",
+            dom["points"]
+        );
+        ensure!(
+            dom["lostMarks"] == s["lost"],
+            "{path}: chart marks {} lost, state {}",
+            dom["lostMarks"],
+            s["lost"]
+        );
         let d = dom["d"].as_str().unwrap_or_default();
         let coordinates = d
             .split(['M', 'L', ' '])
@@ -424,10 +512,24 @@ fn dom_matches(panel: &Value) -> Result<()> {
     Ok(())
 }
 
+/// Clicks the element with that id, as a user would (its own click handler runs).
+async fn click(browser: &Browser, id: &str) -> Result<()> {
+    browser
+        .execute(
+            "document.getElementById(arguments[0]).click();",
+            vec![json!(id)],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Scrolls the compare card into view and saves a screenshot of the page.
 async fn screenshot_panel(browser: &Browser, file: &str) -> Result<std::path::PathBuf> {
     browser
-        .execute("document.getElementById('compare').scrollIntoView({block: 'start'});", Vec::new())
+        .execute(
+            "document.getElementById('compare').scrollIntoView({block: 'start'});",
+            Vec::new(),
+        )
         .await?;
     browser.screenshot(file).await
 }
@@ -440,6 +542,10 @@ fn number(value: &Value) -> Result<f64> {
 }
 
 fn stats(summary: &Value) -> String {
-    let ms = |k: &str| summary[k].as_f64().map_or("–".to_owned(), |v| format!("{v:.1}"));
+    let ms = |k: &str| {
+        summary[k]
+            .as_f64()
+            .map_or("–".to_owned(), |v| format!("{v:.1}"))
+    };
     format!("{}/{}/{} ms", ms("p50"), ms("p90"), ms("max"))
 }

@@ -65,10 +65,15 @@ export function createCompareView({ onToggle }) {
     el.toggle.textContent = running ? 'Stop' : 'Start';
     el.toggle.disabled = !running && !selected;
     el.status.textContent = statusLine(c);
-    el.dcPath.textContent = dcPathText(c.dcPath);
+    // The chosen peer's, so the path shows before Start too.
+    const peer = selected && state.peers[selected];
+    el.dcPath.textContent = dcPathText(peer && {
+      local: peer.pairType, remote: peer.remoteType, ready: peer.ready, channel: peer.dc,
+    });
     el.relayPath.textContent = `through the signaling server: ${transportLabel(c.relayTransport)} here`
-      + `${state.forcedTransport ? ' (forced)' : ''}, ${c.remoteTransport ? transportLabel(c.remoteTransport) : '?'} `
-      + 'on the other page';
+      + `${state.forcedTransport ? ' (forced)' : ''}`
+      + (c.remoteTransport ? `, ${transportLabel(c.remoteTransport)} on the other page` : '; the other page\'s '
+        + 'transport shows with its first answer');
 
     // A viewBox as wide as the element keeps the labels at their CSS size on a phone and on a wide screen.
     const width = Math.max(MIN_CHART_WIDTH, Math.round(el.chart.clientWidth) || CHART_WIDTH);
@@ -86,6 +91,8 @@ export function createCompareView({ onToggle }) {
     }
 
     const now = performance.now();
+    // Starting is announced by the button's new label; the numbers follow once there are some.
+    if (running && !wasRunning) liveAt = now;
     if ((wasRunning && !running) || (running && now - liveAt >= LIVE_EVERY_MS)) {
       liveAt = now;
       el.live.textContent = spoken(c);
