@@ -320,7 +320,7 @@ impl MsgRx for Gone {
 }
 
 /// How long receivers wait, after the sender's last message, for what is still in flight.
-fn drain_limit(tech: &dyn Technique) -> Duration {
+pub fn drain_limit(tech: &dyn Technique) -> Duration {
     // Lost messages never come, but a reliable transport may stall on a retransmission timeout and still
     // deliver everything; a polled one delivers on its next poll.
     let base = if tech.lossy() { Duration::from_millis(500) } else { Duration::from_secs(10) };
@@ -339,6 +339,9 @@ pub async fn paced(
     size: usize,
     p: &Params,
 ) -> anyhow::Result<Paced> {
+    if rxs.is_empty() {
+        bail!("no receivers (lost to an earlier phase that hung)");
+    }
     let count = ((p.paced_rate * p.paced_secs).round() as u64).max(1);
     let receivers = rxs.len() as u64;
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
@@ -457,6 +460,9 @@ pub async fn throughput(
     size: usize,
     p: &Params,
 ) -> anyhow::Result<Throughput> {
+    if rxs.is_empty() {
+        bail!("no receivers (lost to an earlier phase that hung)");
+    }
     let drain_idle = drain_limit(tech);
     let msg = message(size, TAG_TPUT);
     let started = Instant::now();

@@ -21,6 +21,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use harness::Params;
 use report::{Report, Row, Sample, Source, TechniqueInfo};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -269,7 +270,8 @@ async fn run(cmd: Cmd, opts: &Opts) -> anyhow::Result<(Report, bool)> {
             let q = scaled(tech, &params, mode);
             let pass_note = if params.runs > 1 { format!(" (pass {pass}/{})", params.runs) } else { String::new() };
             eprint!("{}{pass_note}: setup ×{} … ", tech.name(), q.joins);
-            let (setup, setup_err) = match harness::setup(tech, &q).await {
+            let setup_limit = (CONNECT_LIMIT + CLOSE_LIMIT) * q.joins as u32;
+            let (setup, setup_err) = match bounded("setup", setup_limit, harness::setup(tech, &q)).await {
                 Ok(s) => {
                     eprintln!("median {:.1} ms", s.median);
                     (Some(s), None)
@@ -290,10 +292,10 @@ async fn run(cmd: Cmd, opts: &Opts) -> anyhow::Result<(Report, bool)> {
                 let mut sample =
                     Sample { setup_ms: setup.clone(), errors: setup_err.iter().cloned().collect(), ..Sample::default() };
                 eprint!("{} {size} B: ", tech.name());
-                match tech.connect().await {
+                match bounded("connect", CONNECT_LIMIT, tech.connect()).await {
                     Ok(mut link) => {
                         one_to_one(tech, &mut link, size, &q, &mut sample).await;
-                        harness::close(link).await;
+                        let _ = bounded("close", CLOSE_LIMIT, async { Ok(harness::close(link).await) }).await;
                     }
                     Err(e) => sample.errors.push(format!("connect: {e:#}")),
                 }
@@ -304,12 +306,12 @@ async fn run(cmd: Cmd, opts: &Opts) -> anyhow::Result<(Report, bool)> {
                 let size = q.fanout_size;
                 let mut sample = Sample::default();
                 eprint!("{} 1 → {n}, {size} B: connect … ", tech.name());
-                match tech.connect_fanout(n).await {
+                match bounded("connect", CONNECT_LIMIT + Duration::from_secs(2) * n as u32, tech.connect_fanout(n)).await {
                     Ok(mut fan) => {
                         sample.setup_ms = stats::Spread::of(&[fan.setup], 1e3);
                         eprint!("{:.0} ms; ", fan.setup.as_secs_f64() * 1e3);
                         fan_out(tech, &mut fan, size, &q, &mut sample).await;
-                        harness::close_fan(fan).await;
+                        let _ = bounded("close", CLOSE_LIMIT, async { Ok(harness::close_fan(fan).await) }).await;
                     }
                     Err(e) => sample.errors.push(format!("connect 1 → {n}: {e:#}")),
                 }
@@ -359,9 +361,30 @@ async fn run(cmd: Cmd, opts: &Opts) -> anyhow::Result<(Report, bool)> {
     Ok((report, ok))
 }
 
+/// How long a connect may take before it counts as hung (polled transports connect within a few polls).
+const CONNECT_LIMIT: Duration = Duration::from_secs(60);
+/// How long closing a link may take.
+const CLOSE_LIMIT: Duration = Duration::from_secs(15);
+/// Added to each phase's own expected length before it counts as hung.
+const SLACK: Duration = Duration::from_secs(30);
+
+/// Runs one phase with an upper bound: a phase that hangs becomes an error in the report (naming the phase),
+/// never a benchmark that does not end.
+async fn bounded<T>(what: &str, limit: Duration, phase: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, phase).await {
+        Ok(r) => r,
+        Err(_) => {
+            eprint!("{what} HUNG; ");
+            anyhow::bail!("{what} did not finish within {limit:?}")
+        }
+    }
+}
+
 /// Echo RTT, paced latency and throughput on one 1 → 1 link, each phase's failure recorded and the next tried.
 async fn one_to_one(tech: &dyn Technique, link: &mut link::Link, size: usize, q: &Params, sample: &mut Sample) {
-    match harness::rtt(tech, link, size, q).await {
+    let per_round = Duration::from_millis(q.rtt_timeout_ms) + tech.poll_interval().unwrap_or_default();
+    let limit = per_round * (q.rtt_warmup + q.rtt_rounds) as u32 + SLACK;
+    match bounded("rtt", limit, harness::rtt(tech, link, size, q)).await {
         Ok(r) => {
             eprint!("rtt p50 {:.0} µs; ", r.p50_us);
             sample.rtt = Some(r);
@@ -388,14 +411,16 @@ async fn phases(
     q: &Params,
     sample: &mut Sample,
 ) {
-    match harness::paced(tech, tx, rxs, size, q).await {
+    let limit = Duration::from_secs_f64(q.paced_secs) + harness::drain_limit(tech) + SLACK;
+    match bounded("paced", limit, harness::paced(tech, tx, rxs, size, q)).await {
         Ok(p) => {
             eprint!("one-way p50 {:.0} µs; ", p.p50_us);
             sample.paced = Some(p);
         }
         Err(e) => sample.errors.push(format!("paced: {e:#}")),
     }
-    match harness::throughput(tech, tx, rxs, size, q).await {
+    let limit = Duration::from_secs_f64(q.tput_warmup_s + q.tput_secs) + harness::drain_limit(tech) * 3 + SLACK;
+    match bounded("throughput", limit, harness::throughput(tech, tx, rxs, size, q)).await {
         Ok(t) => {
             eprint!("{:.1} MB/s; ", t.mb_per_s);
             sample.throughput = Some(t);
