@@ -391,10 +391,28 @@ async fn one_to_one(tech: &dyn Technique, link: &mut link::Link, size: usize, q:
         }
         Err(e) => sample.errors.push(format!("rtt: {e:#}")),
     }
+    // A's own receiver is drained meanwhile, as an application reads its events: a signaling client whose
+    // events nobody reads stops once its queue is full (its server's `pong`s to the confirmation pings an unpaced
+    // sender triggers fill it), and then sends nothing more — the relay rows hung on exactly that.
+    let mut a_rx = std::mem::replace(&mut link.a_rx, Box::new(harness::Gone));
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                m = a_rx.recv() => if m.is_none() { break },
+            }
+        }
+        a_rx
+    });
     let mut rxs = vec![std::mem::replace(&mut link.b_rx, Box::new(harness::Gone))];
     phases(tech, &mut link.a_tx, &mut rxs, size, q, sample).await;
     if let Some(rx) = rxs.pop() {
         link.b_rx = rx;
+    }
+    let _ = stop_tx.send(());
+    if let Ok(a_rx) = drain.await {
+        link.a_rx = a_rx;
     }
 }
 
