@@ -65,6 +65,8 @@ pub(crate) mod timer;
 
 #[cfg(test)]
 mod association_test;
+#[cfg(test)]
+mod window_update_test;
 
 /// Reasons why an association might be lost
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -175,6 +177,12 @@ pub struct Association {
     /// retransmit scan entirely in the steady state, where nothing is ever
     /// marked — that scan was the single hottest function in the send profile.
     t3_retransmit_pending: bool,
+    /// TSN of the DATA chunk last sent as a zero-window probe (RFC 4960 sec 6.1 rule A),
+    /// while it is unacknowledged. See `recover_window_probe`.
+    window_probe_tsn: Option<u32>,
+    /// `a_rwnd` of the last SACK this side sent (initially the INIT/INIT-ACK window,
+    /// `max_receive_buffer_size`). See `on_receive_buffer_released`.
+    last_advertised_rwnd: u32,
 
     will_send_shutdown_ack: bool,
     will_send_shutdown_complete: bool,
@@ -279,6 +287,8 @@ impl Default for Association {
             will_retransmit_fast: false,
             will_retransmit_reconfig: false,
             t3_retransmit_pending: false,
+            window_probe_tsn: None,
+            last_advertised_rwnd: 0,
 
             will_send_shutdown_ack: false,
             will_send_shutdown_complete: false,
@@ -393,6 +403,7 @@ impl Association {
             side,
             handshake_completed: false,
             max_receive_buffer_size: config.max_receive_buffer_size(),
+            last_advertised_rwnd: config.max_receive_buffer_size(),
             max_message_size: config.max_message_size(),
             my_max_num_outbound_streams: config.max_num_outbound_streams(),
             my_max_num_inbound_streams: config.max_num_inbound_streams(),
@@ -1328,6 +1339,7 @@ impl Association {
 
         let can_push = self.payload_queue.can_push(d, self.peer_last_tsn);
         let mut stream_handle_data = false;
+        let mut dropped_for_window = false;
         if can_push {
             if self.get_or_create_stream(d.stream_identifier).is_some() {
                 if self.get_my_receiver_window_credit() > 0 {
@@ -1382,6 +1394,11 @@ impl Association {
                             "[{}] receive buffer full. dropping DATA with tsn={} ssn={}",
                             self.side, d.tsn, d.stream_sequence_number
                         );
+                        // RFC 4960 sec 6.2: "if such a DATA chunk is dropped, the receiver
+                        // MUST immediately send back a SACK with the current receive window
+                        // showing only DATA chunks received and accepted so far". Without
+                        // this the SACK waited for the delayed-ack timer (200 ms).
+                        dropped_for_window = true;
                     }
                 }
             } else {
@@ -1391,7 +1408,7 @@ impl Association {
             }
         }
 
-        let immediate_sack = d.immediate_sack;
+        let immediate_sack = d.immediate_sack || dropped_for_window;
 
         if stream_handle_data && let Some(s) = self.streams.get_mut(&d.stream_identifier) {
             self.events.push_back(Event::DatagramReceived);
@@ -1472,6 +1489,8 @@ impl Association {
         } else {
             self.rwnd = d.advertised_receiver_window_credit - bytes_outstanding;
         }
+
+        self.recover_window_probe();
 
         self.process_fast_retransmission(d.cumulative_tsn_ack, htna, cum_tsn_ack_point_advanced)?;
 
@@ -2238,6 +2257,79 @@ impl Association {
         self.max_receive_buffer_size.saturating_sub(bytes_queued)
     }
 
+    /// Called after the application has read from a stream, i.e. bytes left a reassembly
+    /// queue and the receive window grew. Sends a window-update SACK (at the next
+    /// `poll_transmit`) when the window is now much larger than the one last advertised.
+    ///
+    /// RFC 4960 sec 6.2 allows a SACK "to update the offered window as the receiving
+    /// application consumes new data" and requires receiver silly-window-syndrome avoidance
+    /// "similar to the one described in Section 4.2.3.3 of [RFC1122]": update once the window
+    /// can grow by at least min(MTU, buffer / 2). The threshold here is Linux SCTP's
+    /// (`sctp_peer_needs_update`): max(buffer / 16, MTU).
+    ///
+    /// Without it a peer that was told a_rwnd = 0 (or a few bytes) learnt that the window had
+    /// reopened only from the next SACK the receiver happened to send: after its zero-window
+    /// probe, often the delayed-ack timer's (200 ms), or after a T3-rtx timeout (1 s).
+    pub(crate) fn on_receive_buffer_released(&mut self) {
+        let threshold = std::cmp::max(self.max_receive_buffer_size / 16, self.mtu);
+        if self.ack_state == AckState::Immediate
+            || self.last_advertised_rwnd.saturating_add(threshold) > self.max_receive_buffer_size
+        {
+            // A SACK is due anyway, or the window cannot grow by `threshold` (the common case
+            // while the application keeps up): skip summing the reassembly queues.
+            return;
+        }
+        let credit = self.get_my_receiver_window_credit();
+        if credit > self.last_advertised_rwnd && credit - self.last_advertised_rwnd >= threshold {
+            trace!(
+                "[{}] window update: a_rwnd {} -> {}",
+                self.side, self.last_advertised_rwnd, credit
+            );
+            self.ack_state = AckState::Immediate;
+            self.timers.stop(Timer::Ack);
+            self.awake_write_loop();
+        }
+    }
+
+    /// Zero-window probe recovery, on every SACK (as FreeBSD/usrsctp's
+    /// `sctp_window_probe_recovery` does).
+    ///
+    /// RFC 4960 sec 6.2 has the receiver drop new DATA while its window is zero, so a probe
+    /// sent into a closed window can be dropped. Once a SACK reopens the window the sender
+    /// bursts new DATA behind the probe: the receiver then reports the probe's TSN missing,
+    /// but a burst answered by one or two SACKs never reaches the three miss indications of
+    /// fast retransmit, so the hole (and everything queued behind it in an ordered stream)
+    /// waited for the T3-rtx timer, RTO >= 1 s. Here the probe is marked for retransmission
+    /// as soon as a SACK shows room for it without acknowledging it; a probe that was merely
+    /// still in flight is then received twice, which the receiver reports as a duplicate TSN.
+    fn recover_window_probe(&mut self) {
+        let Some(tsn) = self.window_probe_tsn else {
+            return;
+        };
+        let Some(c) = self.inflight_queue.get_mut(tsn) else {
+            // Acknowledged (cumulatively) or abandoned and gone.
+            self.window_probe_tsn = None;
+            return;
+        };
+        if !c.is_outstanding() {
+            // Acknowledged by a gap block, or abandoned.
+            self.window_probe_tsn = None;
+            return;
+        }
+        if (self.rwnd as usize) < c.user_data.len() {
+            // Window still closed: the probe stays in flight under T3-rtx (RFC 4960 sec 6.1).
+            return;
+        }
+        debug!(
+            "[{}] window reopened (rwnd={}) without acknowledging probe tsn={}: retransmit it",
+            self.side, self.rwnd, tsn
+        );
+        c.retransmit = true;
+        self.t3_retransmit_pending = true;
+        self.window_probe_tsn = None;
+        self.awake_write_loop();
+    }
+
     /// gather_outbound gathers outgoing packets. The returned bool value set to
     /// false means the association should be closed down after the final send.
     fn gather_outbound(&mut self, now: Instant) -> (Vec<Bytes>, bool) {
@@ -2626,6 +2718,7 @@ impl Association {
                 };
 
                 if i == 0 && self.rwnd < c.user_data.len() as u32 {
+                    self.window_probe_tsn = Some(tsn);
                     // Send it as a zero window probe
                     done = true;
                     chunks_remaining = true;
@@ -2997,6 +3090,7 @@ impl Association {
                         unordered,
                         now,
                     ) {
+                        self.window_probe_tsn = Some(chunk.tsn);
                         chunks.push(chunk);
                     } else {
                         self.fail_message_queue(Error::OtherSctpErr(
@@ -3106,9 +3200,10 @@ impl Association {
     }
 
     fn create_selective_ack_chunk(&mut self) -> ChunkSelectiveAck {
+        self.last_advertised_rwnd = self.get_my_receiver_window_credit();
         ChunkSelectiveAck {
             cumulative_tsn_ack: self.peer_last_tsn,
-            advertised_receiver_window_credit: self.get_my_receiver_window_credit(),
+            advertised_receiver_window_credit: self.last_advertised_rwnd,
             gap_ack_blocks: self.payload_queue.get_gap_ack_blocks(self.peer_last_tsn),
             duplicate_tsn: self.payload_queue.pop_duplicates(),
         }

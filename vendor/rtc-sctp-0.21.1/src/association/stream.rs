@@ -135,6 +135,10 @@ impl Stream<'_> {
                 self.association
                     .retry_deferred_resets(self.stream_identifier);
             }
+            if chunks.is_some() {
+                // Reading freed receive buffer: tell the peer if that reopened the window.
+                self.association.on_receive_buffer_released();
+            }
             Ok(chunks)
         } else {
             Err(Error::ErrStreamClosed)

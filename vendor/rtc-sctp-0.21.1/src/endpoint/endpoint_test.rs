@@ -2429,6 +2429,85 @@ fn test_assoc_congestion_control_slow_reader() -> Result<()> {
     Ok(())
 }
 
+/// A reader that falls behind until the window is zero, then catches up: the transfer must
+/// resume at once, on the receiver's window-update SACK and the sender's retransmission of the
+/// zero-window probe the receiver had dropped, not on the T3-rtx timer (RTO >= 1 s) or the
+/// delayed-ack timer (200 ms). Time here is the pair's virtual clock, so the bound is exact.
+#[test]
+fn test_assoc_window_reopens_without_timers() -> Result<()> {
+    let max_receive_buffer_size: u32 = 64 * 1024;
+    let si: u16 = 6;
+    let n_packets_to_send: u32 = 130;
+    let mut sbuf = vec![0u8; 1000];
+    let mut rbuf = vec![0u8; 3000];
+
+    let (mut pair, client_ch, server_ch) =
+        create_association_pair(AckMode::Normal, max_receive_buffer_size)?;
+    establish_session_pair(&mut pair, client_ch, server_ch, si)?;
+
+    for i in 0..n_packets_to_send {
+        sbuf[0..4].copy_from_slice(&i.to_be_bytes());
+        let now = pair.time;
+        pair.client_stream(client_ch, si)?.write_sctp(
+            now,
+            &Bytes::from(sbuf.clone()),
+            PayloadProtocolIdentifier::Binary,
+        )?;
+    }
+
+    // 1. Do not read until the window is zero and one more DATA chunk (the sender's
+    //    zero-window probe) has arrived and been dropped.
+    let mut steps = 0;
+    while pair.server_conn_mut(server_ch).get_my_receiver_window_credit() > 0 {
+        assert!(pair.step(), "stalled before the window closed");
+        steps += 1;
+        assert!(steps < 10_000);
+    }
+    let datas = pair.server_conn_mut(server_ch).stats.get_num_datas();
+    while pair.server_conn_mut(server_ch).stats.get_num_datas() == datas {
+        assert!(pair.step(), "no zero-window probe");
+        steps += 1;
+        assert!(steps < 10_000);
+    }
+
+    // 2. Read everything, as fast as it comes.
+    let since = pair.time;
+    let t3_before = pair.client_conn_mut(client_ch).stats.get_num_t3timeouts();
+    let mut n_packets_received = 0u32;
+    loop {
+        while let Some(chunks) = pair.server_stream(server_ch, si)?.read_sctp()? {
+            chunks.read(&mut rbuf)?;
+            assert_eq!(
+                n_packets_received,
+                u32::from_be_bytes([rbuf[0], rbuf[1], rbuf[2], rbuf[3]]),
+                "out of order"
+            );
+            n_packets_received += 1;
+        }
+        if n_packets_received == n_packets_to_send {
+            break;
+        }
+        assert!(pair.step(), "stalled with {n_packets_received} received");
+        steps += 1;
+        assert!(steps < 20_000);
+    }
+
+    assert_eq!(
+        t3_before,
+        pair.client_conn_mut(client_ch).stats.get_num_t3timeouts(),
+        "recovery waited for the T3-rtx timer"
+    );
+    let elapsed = pair.time.duration_since(since);
+    assert!(
+        elapsed < Duration::from_millis(crate::association::timer::ACK_INTERVAL),
+        "recovery took {elapsed:?} of virtual time (a timer fired)"
+    );
+
+    pair.drive();
+    close_association_pair(&mut pair, client_ch, server_ch, si);
+    Ok(())
+}
+
 #[test]
 fn test_assoc_delayed_ack() -> Result<()> {
     //let _guard = subscribe();
