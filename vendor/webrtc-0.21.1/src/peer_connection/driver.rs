@@ -1910,13 +1910,18 @@ where
     /// back-pressure is applied: the messages stay in the core, its data-channel queue grows,
     /// the SCTP handler bounds its drain against that, bytes stay in the reassembly queue,
     /// `a_rwnd` falls and the peer slows down.
-    async fn drain_core_data(inner: Arc<PeerConnectionRef>) -> Vec<TaggedRTCMessage> {
+    ///
+    /// Also resumes the streams the core parked while the application was behind (it is
+    /// called only when the application can take more), and reports whether any is still
+    /// parked.
+    async fn drain_core_data(inner: Arc<PeerConnectionRef>) -> (Vec<TaggedRTCMessage>, bool) {
         let mut messages = Vec::new();
         let mut core = inner.core.lock().await;
+        let still_parked = core.resume_data_reads();
         while let Some(message) = core.poll_data_read() {
             messages.push(message);
         }
-        messages
+        (messages, still_parked)
     }
 
     /// Releases every TURN allocation (Refresh with LIFETIME=0) and sends the releases before
@@ -2158,8 +2163,21 @@ where
             return Ok(());
         }
 
-        for message in Self::drain_core_data(self.inner.clone()).await {
-            self.handle_rtc_message(message).await;
+        // Repeat while the core still has streams parked and the application is keeping up:
+        // each pass resumes them (see `drain_core_data`) and delivers what that yielded. The
+        // driver would otherwise go to sleep with readable data parked in the core and nothing
+        // to wake it but the next datagram or timer: with the peer at zero window, that was
+        // the delayed-SACK (200 ms) or T3-rtx (1 s) timer. Each pass either delivers messages
+        // or stops, and a retained event (the consumer is full) ends the loop.
+        loop {
+            let (messages, still_parked) = Self::drain_core_data(self.inner.clone()).await;
+            let delivered_any = !messages.is_empty();
+            for message in messages {
+                self.handle_rtc_message(message).await;
+            }
+            if !still_parked || !delivered_any || !self.pending_data_channel_events.is_empty() {
+                break;
+            }
         }
 
         Ok(())

@@ -204,6 +204,26 @@ impl RTCPeerConnection {
         self.pipeline_context.data_read_outs.pop_front()
     }
 
+    /// Resumes data-channel streams that the SCTP handler parked because the application
+    /// was behind, and returns whether any stream is still parked afterwards.
+    ///
+    /// [`poll_data_read`](Self::poll_data_read) only pops: parked streams are otherwise
+    /// resumed by `handle_read` (the next datagram) or by the pumping
+    /// [`poll_read`](sansio::Protocol::poll_read). A caller that drains with the split pair
+    /// must call this once per drain, once the application has room again. Without it a
+    /// receiver whose window had filled resumed only on the next inbound datagram, and a
+    /// sender at zero window sends none until its delayed SACK or T3-rtx timer (200 ms, 1 s).
+    /// Resuming reads frees receive buffer, and SCTP then queues a window-update SACK
+    /// (sent at the next [`poll_write`](sansio::Protocol::poll_write)).
+    #[doc(hidden)]
+    pub fn resume_data_reads(&mut self) -> bool {
+        if !self.pipeline_context.sctp_handler_context.has_parked_reads() {
+            return false;
+        }
+        self.pump_reads(None);
+        self.pipeline_context.sctp_handler_context.has_parked_reads()
+    }
+
     pub(crate) fn get_sctp_handler(&mut self) -> SctpHandler<'_> {
         // The SCTP handler bounds how much it pulls out of the reassembly queues against what
         // the application has not yet consumed. That backlog lives here, not in the handler's

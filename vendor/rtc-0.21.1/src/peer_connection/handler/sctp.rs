@@ -87,6 +87,12 @@ impl SctpHandlerContext {
         }
     }
 
+    /// Whether a stream was left with unread data because the pipeline backlog was over its
+    /// bound (see `pending_readable`).
+    pub(crate) fn has_parked_reads(&self) -> bool {
+        !self.pending_readable.is_empty()
+    }
+
     /// Records the newest instant a caller has supplied.
     ///
     /// `max` rather than assignment, and without a monotonicity assert: an outbound message
