@@ -174,39 +174,30 @@ fn lines(
     Ok(true)
 }
 
-fn throughput(report: &Report, path: &Path) -> anyhow::Result<bool> {
-    let rows: Vec<&Row> = report.pairs().collect();
-    let series = techniques(&rows)
+/// One series per technique (in row order), a point per row that `point` gives one for.
+fn series_by_technique(rows: &[&Row], point: impl Fn(&Row) -> Option<(f64, f64)>) -> Vec<(String, Vec<(f64, f64)>)> {
+    techniques(rows)
         .into_iter()
         .map(|name| {
-            let pts = rows
-                .iter()
-                .filter(|r| r.technique == name)
-                .filter_map(|r| Some((r.size as f64, r.mb_per_s()?)))
-                .filter(|p| p.1 > 0.0)
-                .collect();
+            let pts = rows.iter().filter(|r| r.technique == name).filter_map(|r| point(r)).collect();
             (name, pts)
         })
-        .collect();
+        .collect()
+}
+
+fn throughput(report: &Report, path: &Path) -> anyhow::Result<bool> {
+    let rows: Vec<&Row> = report.pairs().collect();
+    let series = series_by_technique(&rows, |r| Some((r.size as f64, r.mb_per_s()?)).filter(|p| p.1 > 0.0));
     lines(path, "Unpaced throughput by message size, 1 → 1 (median across passes)", "message size, bytes (log)", "MB/s received (log)", series)
 }
 
+/// One-way p50 by receivers at the fan-out size (1 → 1 included as N = 1).
 fn fanout(report: &Report, path: &Path) -> anyhow::Result<bool> {
     let rows: Vec<&Row> = report.rows.iter().filter(|r| r.size == report.params.fanout_size).collect();
-    let series = techniques(&rows)
-        .into_iter()
-        .map(|name| {
-            let pts = rows
-                .iter()
-                .filter(|r| r.technique == name)
-                .filter_map(|r| Some((r.receivers as f64, r.one_way_p50()?)))
-                .collect();
-            (name, pts)
-        })
-        .collect::<Vec<_>>();
     if !rows.iter().any(|r| r.receivers > 1) {
         return Ok(false);
     }
+    let series = series_by_technique(&rows, |r| Some((r.receivers as f64, r.one_way_p50()?)));
     let caption = format!(
         "Fan-out: one-way latency p50 by receivers, {} B at {} msg/s",
         report.params.fanout_size,

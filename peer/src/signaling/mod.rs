@@ -250,6 +250,10 @@ pub async fn connect(
 /// The session lives as long as the event receiver: drop it (or send `leave`) to leave the room; messages
 /// queued before are sent first, messages queued after may not be. Dropping every [`SignalingSender`] only
 /// means nothing more will be sent.
+///
+/// Read the event receiver even when you only send: the client delivers every server message (its `pong`s
+/// included) in order into a queue of 256, and once that queue is full it waits for the reader, sending nothing
+/// meanwhile (`bench` once hung on exactly this: an unpaced sender that never read its events).
 pub async fn connect_with(
     server: &str,
     room: &str,
