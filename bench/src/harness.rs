@@ -402,9 +402,7 @@ pub async fn paced(
     // Every receiver has everything, or the drain limit passed.
     let deadline = tokio::time::Instant::now() + drain_limit(tech);
     let mut results = Vec::with_capacity(tasks.len());
-    let mut tasks = tasks.into_iter();
-    for task in tasks.by_ref() {
-        let mut task = task;
+    for mut task in tasks {
         match tokio::time::timeout_at(deadline, &mut task).await {
             Ok(r) => results.push(r.context("receiver task")?),
             Err(_) => {

@@ -39,6 +39,36 @@ pub struct Link {
     pub close: BoxFut<'static, ()>,
 }
 
+/// A receiver read and discarded on a task of its own, as an application reads every event it is sent: a
+/// half nobody reads can stall its link (a signaling client whose event queue is full stops sending).
+pub struct Drain {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Box<dyn MsgRx>>,
+}
+
+impl Drain {
+    /// Starts reading `rx`.
+    pub fn start(mut rx: Box<dyn MsgRx>) -> Drain {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    m = rx.recv() => if m.is_none() { break },
+                }
+            }
+            rx
+        });
+        Drain { stop, task }
+    }
+
+    /// Stops reading and gives the receiver back (`None` if its task panicked).
+    pub async fn finish(self) -> Option<Box<dyn MsgRx>> {
+        let _ = self.stop.send(());
+        self.task.await.ok()
+    }
+}
+
 /// One sender and N receivers (1 → N fan-out): every message `tx` accepts reaches each receiver once.
 pub struct FanLink {
     /// The sender. A technique that cannot multicast sends one copy per receiver inside `send`.
@@ -67,7 +97,7 @@ impl MsgTx for EachTx {
 }
 
 /// A fan-out made of `n` 1 → 1 links of `connect`, connected one after the other; the unused halves (the
-/// receivers' senders, the sender's receivers) stay alive until `close`.
+/// receivers' senders, the sender's receivers, the latter drained) stay alive until `close`.
 pub async fn fan_of_links<F>(n: usize, mut connect: impl FnMut() -> F) -> anyhow::Result<FanLink>
 where
     F: Future<Output = anyhow::Result<Link>>,
@@ -88,7 +118,7 @@ where
         };
         txs.push(link.a_tx);
         rxs.push(link.b_rx);
-        keep.push((link.a_rx, link.b_tx));
+        keep.push((Drain::start(link.a_rx), link.b_tx));
         closes.push(link.close);
     }
     let setup = started.elapsed();
@@ -97,7 +127,9 @@ where
         rxs,
         setup,
         close: Box::pin(async move {
-            drop(keep);
+            for (drain, b_tx) in keep {
+                drop((drain.finish().await, b_tx));
+            }
             for c in closes {
                 c.await;
             }

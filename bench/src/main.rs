@@ -295,7 +295,7 @@ async fn run(cmd: Cmd, opts: &Opts) -> anyhow::Result<(Report, bool)> {
                 match bounded("connect", CONNECT_LIMIT, tech.connect()).await {
                     Ok(mut link) => {
                         one_to_one(tech, &mut link, size, &q, &mut sample).await;
-                        let _ = bounded("close", CLOSE_LIMIT, async { Ok(harness::close(link).await) }).await;
+                        let _ = bounded("close", CLOSE_LIMIT, async { harness::close(link).await; Ok(()) }).await;
                     }
                     Err(e) => sample.errors.push(format!("connect: {e:#}")),
                 }
@@ -310,8 +310,8 @@ async fn run(cmd: Cmd, opts: &Opts) -> anyhow::Result<(Report, bool)> {
                     Ok(mut fan) => {
                         sample.setup_ms = stats::Spread::of(&[fan.setup], 1e3);
                         eprint!("{:.0} ms; ", fan.setup.as_secs_f64() * 1e3);
-                        fan_out(tech, &mut fan, size, &q, &mut sample).await;
-                        let _ = bounded("close", CLOSE_LIMIT, async { Ok(harness::close_fan(fan).await) }).await;
+                        phases(tech, &mut fan.tx, &mut fan.rxs, size, &q, &mut sample).await;
+                        let _ = bounded("close", CLOSE_LIMIT, async { harness::close_fan(fan).await; Ok(()) }).await;
                     }
                     Err(e) => sample.errors.push(format!("connect 1 → {n}: {e:#}")),
                 }
@@ -391,36 +391,21 @@ async fn one_to_one(tech: &dyn Technique, link: &mut link::Link, size: usize, q:
         }
         Err(e) => sample.errors.push(format!("rtt: {e:#}")),
     }
-    // A's own receiver is drained meanwhile, as an application reads its events: a signaling client whose
-    // events nobody reads stops once its queue is full (its server's `pong`s to the confirmation pings an unpaced
-    // sender triggers fill it), and then sends nothing more — the relay rows hung on exactly that.
-    let mut a_rx = std::mem::replace(&mut link.a_rx, Box::new(harness::Gone));
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = &mut stop_rx => break,
-                m = a_rx.recv() => if m.is_none() { break },
-            }
-        }
-        a_rx
-    });
+    // A's own receiver is drained meanwhile: a signaling client whose events nobody reads stops once its queue is
+    // full (its server's `pong`s to the confirmation pings an unpaced sender triggers fill it), and then sends
+    // nothing more — the relay rows hung on exactly that.
+    let drain = link::Drain::start(std::mem::replace(&mut link.a_rx, Box::new(harness::Gone)));
     let mut rxs = vec![std::mem::replace(&mut link.b_rx, Box::new(harness::Gone))];
     phases(tech, &mut link.a_tx, &mut rxs, size, q, sample).await;
     if let Some(rx) = rxs.pop() {
         link.b_rx = rx;
     }
-    let _ = stop_tx.send(());
-    if let Ok(a_rx) = drain.await {
+    if let Some(a_rx) = drain.finish().await {
         link.a_rx = a_rx;
     }
 }
 
-/// Paced latency and throughput on one fan-out.
-async fn fan_out(tech: &dyn Technique, fan: &mut link::FanLink, size: usize, q: &Params, sample: &mut Sample) {
-    phases(tech, &mut fan.tx, &mut fan.rxs, size, q, sample).await;
-}
-
+/// Paced latency, then throughput, from `tx` to every one of `rxs`.
 async fn phases(
     tech: &dyn Technique,
     tx: &mut Box<dyn link::MsgTx>,

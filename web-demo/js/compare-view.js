@@ -3,7 +3,7 @@
 // objects and reports intent through callbacks; compare.js does the measuring.
 
 import { CHART_HEIGHT, CHART_WIDTH, chartGeometry } from './chart.js';
-import { transportLabel } from './ui.js';
+import { shortId, transportLabel } from './ui.js';
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
 const NAMES = { dc: 'data channel', relay: 'relay' };
@@ -195,8 +195,4 @@ function spoken(c) {
 function formatMs(ms) {
   if (typeof ms !== 'number') return '–';
   return ms < 100 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
-}
-
-function shortId(id) {
-  return id && id.length > 8 ? id.slice(0, 8) : id ?? '–';
 }

@@ -162,6 +162,7 @@ function formatMs(ms) {
   return typeof ms === 'number' ? `${ms.toFixed(1)} ms` : '–';
 }
 
-function shortId(id) {
-  return id.length > 8 ? id.slice(0, 8) : id;
+/** The first 8 characters of a peer id, enough to tell peers apart on screen; '–' for none. */
+export function shortId(id) {
+  return id && id.length > 8 ? id.slice(0, 8) : id ?? '–';
 }

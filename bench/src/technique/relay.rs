@@ -114,10 +114,10 @@ impl Technique for Relay {
             let started = Instant::now();
             let mut receivers = Vec::with_capacity(n);
             for i in 0..n {
-                let (welcome, _tx, ev) =
+                let (welcome, tx, ev) =
                     connect_with(url, &room, self.options()).await.with_context(|| format!("receiver {i} joins"))?;
                 // A receiver's sender must stay alive: dropping a client's last handle makes it leave.
-                receivers.push((welcome.peer_id, _tx, ev));
+                receivers.push((welcome.peer_id, tx, ev));
             }
             let limit = Duration::from_secs(10 + n as u64 / 2) + self.interval * 4;
             let hello = async {
