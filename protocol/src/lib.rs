@@ -287,6 +287,14 @@ pub enum ErrorCode {
     SessionExpired,
     /// A server fault.
     Internal,
+    /// A browser request from an origin not on the allowlist (HTTP 403).
+    BadOrigin,
+    /// This node is at its session or room limit; another node (or later) may take the client.
+    NodeFull,
+    /// Too many connections or join attempts from one client address.
+    TooManyConnections,
+    /// A session sent more ICE candidates, or larger SDP, than a negotiation needs.
+    TooManyCandidates,
 }
 
 impl ErrorCode {
@@ -305,6 +313,10 @@ impl ErrorCode {
             ErrorCode::SlowConsumer => "slow-consumer",
             ErrorCode::SessionExpired => "session-expired",
             ErrorCode::Internal => "internal",
+            ErrorCode::BadOrigin => "bad-origin",
+            ErrorCode::NodeFull => "node-full",
+            ErrorCode::TooManyConnections => "too-many-connections",
+            ErrorCode::TooManyCandidates => "too-many-candidates",
         }
     }
 }
@@ -334,6 +346,13 @@ pub enum CloseCode {
     RoomFull,
     /// Another connection resumed this session: this one is stale and must not reconnect.
     Superseded,
+    /// This node is full (sessions, rooms or connections): reconnect, possibly to another node, with backoff.
+    NodeFull,
+    /// The session kept sending faster than its rate limit after being told: reconnect with backoff.
+    RateLimited,
+    /// No valid join token (missing, expired, wrong room, bad signature) or none in time: do not reconnect
+    /// without a new token.
+    Unauthorized,
 }
 
 impl CloseCode {
@@ -348,6 +367,9 @@ impl CloseCode {
             CloseCode::BadRoom => 4500,
             CloseCode::RoomFull => 4501,
             CloseCode::Superseded => 4502,
+            CloseCode::NodeFull => 4003,
+            CloseCode::RateLimited => 4004,
+            CloseCode::Unauthorized => 4503,
         }
     }
 
@@ -362,6 +384,9 @@ impl CloseCode {
             CloseCode::BadRoom => "bad-room",
             CloseCode::RoomFull => "room-full",
             CloseCode::Superseded => "superseded",
+            CloseCode::NodeFull => "node-full",
+            CloseCode::RateLimited => "rate-limited",
+            CloseCode::Unauthorized => "unauthorized",
         }
     }
 

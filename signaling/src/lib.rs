@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod client_addr;
 pub mod config;
 pub mod hub;
 pub mod ice;
