@@ -52,6 +52,10 @@ pub struct Config {
     /// STUN responder and ICE servers (TURN).
     #[command(flatten)]
     pub ice: crate::ice::IceFlags,
+
+    /// TLS, trusted proxies, edge timeouts and connection caps.
+    #[command(flatten)]
+    pub edge: crate::edge::EdgeFlags,
 }
 
 /// A setting that cannot work.

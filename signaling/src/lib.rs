@@ -13,6 +13,7 @@
 
 pub mod client_addr;
 pub mod config;
+pub mod edge;
 pub mod hub;
 pub mod ice;
 pub mod routes;
@@ -51,6 +52,9 @@ pub enum StartError {
     /// An ICE setting that cannot work, or the STUN address asked for is taken.
     #[error(transparent)]
     Ice(#[from] ice::IceError),
+    /// A TLS, proxy, timeout or connection-cap setting that cannot work (e.g. an unreadable certificate).
+    #[error(transparent)]
+    Edge(#[from] edge::EdgeError),
 }
 
 /// A bound server, ready to run.
@@ -61,6 +65,7 @@ pub struct Server {
     hub: Arc<Hub>,
     cfg: Config,
     stun: Option<stun::StunResponder>,
+    edge: edge::Edge,
 }
 
 /// Binds the HTTP listener with `TCP_NODELAY` set on it, which Linux copies to every accepted socket (warp
@@ -77,6 +82,7 @@ impl Server {
     /// Validates the configuration and binds the listen address.
     pub async fn bind(cfg: Config) -> Result<Self, StartError> {
         cfg.validate()?;
+        let edge = edge::Edge::new(&cfg.edge, cfg.listen)?;
         let listener = bind_listener(cfg.listen).await.map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let (ice_servers, stun) = ice::setup(&cfg.ice, cfg.listen).await?;
@@ -87,7 +93,7 @@ impl Server {
             resume_window: Duration::from_millis(cfg.resume_window_ms),
             ice_servers,
         }));
-        Ok(Server { listener, addr, hub, cfg, stun })
+        Ok(Server { listener, addr, hub, cfg, stun, edge })
     }
 
     /// The bound address (useful with port 0).
@@ -98,6 +104,22 @@ impl Server {
     /// The built-in STUN responder's UDP address, if it runs.
     pub fn stun_addr(&self) -> Option<SocketAddr> {
         self.stun.as_ref().map(stun::StunResponder::local_addr)
+    }
+
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.edge.tls().is_some() { "https" } else { "http" }
+    }
+
+    /// The certificate state when serving TLS: [`edge::tls::TlsState::reload`] is what SIGHUP calls, and a
+    /// self-signed certificate's hashes are there.
+    pub fn tls(&self) -> Option<Arc<edge::tls::TlsState>> {
+        self.edge.tls()
+    }
+
+    /// The connection caps, for inspection.
+    pub fn connections(&self) -> Arc<edge::limits::ConnLimits> {
+        self.edge.limits()
     }
 
     /// The session core, for inspection.
@@ -113,20 +135,15 @@ impl Server {
         };
         let hub = self.hub.clone();
         let stun = self.stun.map(|s| tokio::spawn(s.run()));
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let reaper = tokio::spawn(reap_forever(self.hub.clone()));
-        let server = warp::serve(routes::routes(self.hub.clone(), web, &self.cfg.transports))
-            .incoming(self.listener)
-            .graceful(async move {
-                let _ = stop_rx.await;
-            })
-            .run();
-        let server = tokio::spawn(server);
+        let routes = routes::routes(self.hub.clone(), web, &self.cfg.transports);
+        let server = tokio::spawn(self.edge.serve(self.listener, routes, stop_rx));
         shutdown.await;
         tracing::info!(sessions = hub.session_count(), "shutting down");
         // Upgraded sockets are not tracked by the HTTP server's graceful shutdown: close them ourselves.
         hub.shutdown();
-        let _ = stop_tx.send(());
+        let _ = stop_tx.send(true);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -20,14 +20,25 @@ async fn main() -> std::process::ExitCode {
     };
     let addr = server.local_addr();
     let stun = server.stun_addr();
-    println!("signaling listening on http://{addr}");
+    let scheme = server.scheme();
+    // The first line's format is read by tests/src/lib.rs, bench and scripts: only the scheme may change.
+    println!("signaling listening on {scheme}://{addr}");
+    let tls = server.tls();
+    if let Some(info) = tls.as_ref().and_then(|t| t.self_signed_info()) {
+        println!("self-signed certificate SHA-256 fingerprint {}", info.sha256_fingerprint);
+        println!("self-signed certificate SPKI SHA-256 (base64) {}", info.spki_sha256_base64);
+    }
     if let Some(stun) = stun {
         println!("STUN responder on udp {stun}");
     }
     if addr.ip().is_unspecified() {
-        println!("open http://127.0.0.1:{}/#room=demo in two browser windows", addr.port());
+        println!("open {scheme}://127.0.0.1:{}/#room=demo in two browser windows", addr.port());
     } else {
-        println!("open http://{addr}/#room=demo in two browser windows");
+        println!("open {scheme}://{addr}/#room=demo in two browser windows");
+    }
+    #[cfg(unix)]
+    if let Some(tls) = tls {
+        tokio::spawn(reload_on_sighup(tls));
     }
     server.run(shutdown_signal()).await;
     std::process::ExitCode::SUCCESS
@@ -52,5 +63,21 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// Re-reads `--tls-cert`/`--tls-key` on each SIGHUP; new handshakes use the new certificate, open
+/// connections keep theirs, and a file that does not load leaves the old certificate in use.
+#[cfg(unix)]
+async fn reload_on_sighup(tls: std::sync::Arc<signaling::edge::tls::TlsState>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP: certificate reload is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(e) => tracing::error!(error = %e, "TLS certificate reload failed; keeping the previous certificate"),
+        }
     }
 }

@@ -1,0 +1,198 @@
+//! Hostile clients at the TCP/HTTP edge, against a real server on 127.0.0.1:0: slowloris, idle sockets,
+//! connection floods from one address, the node-wide cap, a trusted proxy's exemption.
+
+use signaling::{Config, Server};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Running {
+    addr: SocketAddr,
+    conns: Arc<signaling::edge::limits::ConnLimits>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(tweak: impl FnOnce(&mut Config)) -> Running {
+    let mut cfg = Config::with_listen("127.0.0.1:0".parse().unwrap());
+    tweak(&mut cfg);
+    let server = Server::bind(cfg).await.expect("server binds");
+    let addr = server.local_addr();
+    let conns = server.connections();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Running { addr, conns, _stop: stop }
+}
+
+/// Reads until EOF, an error or `limit`; returns what was read and whether the connection ended.
+async fn read_to_end_within(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+async fn get_healthz(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+    let (body, ended) = read_to_end_within(&mut s, Duration::from_secs(5)).await;
+    assert!(ended, "healthz response did not end");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn slowloris_headers_are_cut_off_at_the_header_timeout() {
+    let srv = start(|c| c.edge.header_read_timeout_ms = 1500).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let started = Instant::now();
+    s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let mut closed_after = None;
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if s.write_all(format!("x-slow-{i}: y\r\n").as_bytes()).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            assert!(!matches!(r, Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200")), "slow request was served");
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("a one-line-per-second request was never cut off");
+    assert!(closed_after >= Duration::from_millis(1400), "closed too early: {closed_after:?}");
+    assert!(closed_after < Duration::from_millis(3500), "closed too late: {closed_after:?}");
+    assert!(get_healthz(srv.addr).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_idle_between_requests_is_closed() {
+    let srv = start(|c| c.edge.header_read_timeout_ms = 500).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    let (body, ended) = read_to_end_within(&mut s, Duration::from_secs(3)).await;
+    assert!(String::from_utf8_lossy(&body).starts_with("HTTP/1.1 200"));
+    assert!(ended, "idle keep-alive connection still open after 3 s");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+#[tokio::test]
+async fn five_hundred_silent_connections_are_closed_after_the_idle_timeout() {
+    let srv = start(|c| {
+        c.edge.idle_timeout_ms = 500;
+        c.edge.max_connections_per_ip = 1000;
+    })
+    .await;
+    let mut socks = Vec::new();
+    for _ in 0..500 {
+        socks.push(TcpStream::connect(srv.addr).await.unwrap());
+    }
+    let started = Instant::now();
+    let results = futures_util::future::join_all(socks.iter_mut().map(|s| read_to_end_within(s, Duration::from_secs(5)))).await;
+    let still_open = results.iter().filter(|(_, ended)| !ended).count();
+    assert_eq!(still_open, 0, "{still_open} silent connections outlived the idle timeout");
+    assert!(results.iter().all(|(b, _)| b.is_empty()), "a silent connection got bytes");
+    assert!(started.elapsed() < Duration::from_secs(4), "closing took {:?}", started.elapsed());
+    wait_until("all slots back", || srv.conns.total() == 0).await;
+    assert!(get_healthz(srv.addr).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_stalled_http2_preface_is_closed_after_the_idle_timeout() {
+    let srv = start(|c| c.edge.idle_timeout_ms = 500).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let (_, ended) = read_to_end_within(&mut s, Duration::from_secs(3)).await;
+    assert!(ended, "a half preface held the connection");
+}
+
+#[tokio::test]
+async fn over_the_per_ip_cap_a_connection_gets_429_and_slots_free_up() {
+    let srv = start(|c| c.edge.max_connections_per_ip = 50).await;
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        held.push(TcpStream::connect(srv.addr).await.unwrap());
+    }
+    wait_until("50 held", || srv.conns.total() == 50).await;
+    let refused = get_healthz(srv.addr).await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(refused.contains(r#""code":"too-many-connections""#), "{refused}");
+    assert_eq!(srv.conns.total(), 50, "a refused connection kept a slot");
+    held.truncate(40);
+    wait_until("slots given back", || srv.conns.total() == 40).await;
+    assert!(get_healthz(srv.addr).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn over_the_node_cap_a_connection_gets_503() {
+    let srv = start(|c| c.edge.max_connections = 20).await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(TcpStream::connect(srv.addr).await.unwrap());
+    }
+    wait_until("20 held", || srv.conns.total() == 20).await;
+    let refused = get_healthz(srv.addr).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains(r#""code":"too-many-connections""#), "{refused}");
+    drop(held);
+    wait_until("slots given back", || srv.conns.total() == 0).await;
+    assert!(get_healthz(srv.addr).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_is_exempt_from_the_per_ip_cap() {
+    let srv = start(|c| {
+        c.edge.max_connections_per_ip = 5;
+        c.edge.trusted_proxy = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(TcpStream::connect(srv.addr).await.unwrap());
+    }
+    wait_until("10 held", || srv.conns.total() == 10).await;
+    assert!(get_healthz(srv.addr).await.starts_with("HTTP/1.1 200"));
+}
+
+/// 5,000 connections from one address against the default cap (256): exactly the cap is held, every other
+/// connection is answered or closed at once, and the server keeps serving.
+#[tokio::test]
+async fn five_thousand_connections_from_one_ip_hold_only_the_cap() {
+    let srv = start(|c| c.edge.idle_timeout_ms = 60_000).await;
+    let cap = Config::with_listen("127.0.0.1:0".parse().unwrap()).edge.max_connections_per_ip;
+    let started = Instant::now();
+    let mut socks = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        socks.push(TcpStream::connect(srv.addr).await.unwrap());
+    }
+    let results = futures_util::future::join_all(socks.iter_mut().map(|s| read_to_end_within(s, Duration::from_secs(2)))).await;
+    let held = results.iter().filter(|(_, ended)| !ended).count();
+    let answered_429 = results.iter().filter(|(b, _)| b.starts_with(b"HTTP/1.1 429")).count();
+    println!("5000 connects + reads: {:?}; held {held}, answered 429: {answered_429}", started.elapsed());
+    assert_eq!(held, cap, "connections held open");
+    assert_eq!(srv.conns.total(), cap);
+    assert!(answered_429 > 0, "no refused connection got its 429");
+    drop(socks);
+    wait_until("all slots back", || srv.conns.total() == 0).await;
+    assert!(get_healthz(srv.addr).await.starts_with("HTTP/1.1 200"));
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+}
