@@ -52,6 +52,14 @@ pub struct Config {
     /// STUN responder and ICE servers (TURN).
     #[command(flatten)]
     pub ice: crate::ice::IceFlags,
+
+    /// Join tokens and the origin allowlist.
+    #[command(flatten)]
+    pub auth: crate::auth::AuthFlags,
+
+    /// `signaling token …` mints a join token instead of serving.
+    #[command(subcommand)]
+    pub command: Option<crate::auth::Command>,
 }
 
 /// A setting that cannot work.

@@ -11,10 +11,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod client_addr;
 pub mod config;
 pub mod hub;
 pub mod ice;
+pub mod origin;
 pub mod routes;
 pub mod session;
 pub mod stun;
@@ -51,6 +53,9 @@ pub enum StartError {
     /// An ICE setting that cannot work, or the STUN address asked for is taken.
     #[error(transparent)]
     Ice(#[from] ice::IceError),
+    /// A join-token or origin setting that cannot work.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthConfigError),
 }
 
 /// A bound server, ready to run.
@@ -77,6 +82,7 @@ impl Server {
     /// Validates the configuration and binds the listen address.
     pub async fn bind(cfg: Config) -> Result<Self, StartError> {
         cfg.validate()?;
+        let gate = auth::Gate::from_flags(&cfg.auth)?;
         let listener = bind_listener(cfg.listen).await.map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let (ice_servers, stun) = ice::setup(&cfg.ice, cfg.listen).await?;
@@ -86,7 +92,8 @@ impl Server {
             outbox: cfg.outbox,
             resume_window: Duration::from_millis(cfg.resume_window_ms),
             ice_servers,
-        }));
+        })
+        .with_gate(gate));
         Ok(Server { listener, addr, hub, cfg, stun })
     }
 

@@ -11,6 +11,18 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cfg = Config::parse();
+    if let Some(signaling::auth::Command::Token(args)) = &cfg.command {
+        return match args.mint() {
+            Ok(token) => {
+                println!("{token}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("signaling token: {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let server = match Server::bind(cfg).await {
         Ok(s) => s,
         Err(e) => {
