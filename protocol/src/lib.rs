@@ -498,7 +498,7 @@ impl DecodeError {
 }
 
 /// Client message types, for telling "unknown type" from "bad fields".
-const CLIENT_TYPES: [&str; 4] = ["signal", "relay", "ping", "leave"];
+const CLIENT_TYPES: [&str; 5] = ["signal", "relay", "ping", "leave", "auth"];
 
 /// A client message with its optional client sequence number.
 ///
