@@ -56,6 +56,23 @@ pub enum ClientMessage {
     },
     /// Leave the room and end the session.
     Leave,
+    /// A join token, as the first WebSocket message of a server that requires one (and the client did not put
+    /// it in the URL). Anywhere else it is ignored.
+    Auth {
+        /// The join token (a JWT); never logged.
+        token: Secret,
+    },
+}
+
+/// A string that must never reach a log: its `Debug` form is redacted.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// The WebRTC payload of a `signal` message.
@@ -281,6 +298,8 @@ pub enum ErrorCode {
     RateLimited,
     /// Missing or wrong credentials.
     Unauthorized,
+    /// The join token's `exp` has passed (fetch a new token, then reconnect).
+    TokenExpired,
     /// The session's outgoing queue overflowed.
     SlowConsumer,
     /// A resume came too late.
@@ -310,6 +329,7 @@ impl ErrorCode {
             ErrorCode::BadRoom => "bad-room",
             ErrorCode::RateLimited => "rate-limited",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenExpired => "token-expired",
             ErrorCode::SlowConsumer => "slow-consumer",
             ErrorCode::SessionExpired => "session-expired",
             ErrorCode::Internal => "internal",
@@ -478,7 +498,7 @@ impl DecodeError {
 }
 
 /// Client message types, for telling "unknown type" from "bad fields".
-const CLIENT_TYPES: [&str; 4] = ["signal", "relay", "ping", "leave"];
+const CLIENT_TYPES: [&str; 5] = ["signal", "relay", "ping", "leave", "auth"];
 
 /// A client message with its optional client sequence number.
 ///
@@ -608,6 +628,7 @@ mod tests {
         roundtrip_client(ClientMessage::Ping { id: Some(7) });
         roundtrip_client(ClientMessage::Ping { id: None });
         roundtrip_client(ClientMessage::Leave);
+        roundtrip_client(ClientMessage::Auth { token: Secret("a.b.c".into()) });
     }
 
     #[test]
@@ -737,7 +758,7 @@ mod tests {
         use ErrorCode::*;
         for c in [
             BadJson, UnknownType, BadMessage, TooLarge, UnknownPeer, RoomFull, BadRoom, RateLimited, Unauthorized,
-            SlowConsumer, SessionExpired, Internal,
+            TokenExpired, SlowConsumer, SessionExpired, Internal,
         ] {
             assert_eq!(serde_json::to_value(c).unwrap(), json!(c.as_str()));
         }

@@ -56,6 +56,14 @@ pub struct Config {
     /// TLS, trusted proxies, edge timeouts and connection caps.
     #[command(flatten)]
     pub edge: crate::edge::EdgeFlags,
+
+    /// Join tokens and the origin allowlist.
+    #[command(flatten)]
+    pub auth: crate::auth::AuthFlags,
+
+    /// `signaling token …` mints a join token instead of serving.
+    #[command(subcommand)]
+    pub command: Option<crate::auth::Command>,
 }
 
 /// A setting that cannot work.

@@ -38,6 +38,9 @@ pub enum JoinError {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// No valid join token (see [`crate::auth`]).
+    #[error("{0}")]
+    Unauthorized(crate::auth::AuthError),
 }
 
 impl JoinError {
@@ -55,6 +58,7 @@ impl JoinError {
             JoinError::BadRoom(_) => (ErrorCode::BadRoom, CloseCode::BadRoom),
             JoinError::RoomFull(_) => (ErrorCode::RoomFull, CloseCode::RoomFull),
             JoinError::ShuttingDown => (ErrorCode::Internal, CloseCode::Shutdown),
+            JoinError::Unauthorized(e) => (e.code(), CloseCode::Unauthorized),
         }
     }
 }
@@ -86,12 +90,30 @@ pub struct Hub {
     // Every live session (attached or waiting to be resumed), by its secret.
     by_token: DashMap<String, Arc<Session>>,
     shutting_down: AtomicBool,
+    gate: crate::auth::Gate,
 }
 
 impl Hub {
     /// An empty hub.
     pub fn new(cfg: HubConfig) -> Self {
-        Hub { cfg, rooms: DashMap::new(), by_token: DashMap::new(), shutting_down: AtomicBool::new(false) }
+        Hub {
+            cfg,
+            rooms: DashMap::new(),
+            by_token: DashMap::new(),
+            shutting_down: AtomicBool::new(false),
+            gate: crate::auth::Gate::default(),
+        }
+    }
+
+    /// The same hub with this admission policy (join tokens, origins); the default admits everyone.
+    pub fn with_gate(mut self, gate: crate::auth::Gate) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// The admission policy.
+    pub fn gate(&self) -> &crate::auth::Gate {
+        &self.gate
     }
 
     /// The configuration.
@@ -101,12 +123,29 @@ impl Hub {
 
     /// Adds a new session to `room`, queues its `welcome` (seq 1) and announces it to the others.
     pub fn join(&self, room: &str) -> Result<Arc<Session>, JoinError> {
-        self.join_as(room, None)
+        self.join_as(room, None, self.cfg.limits.max_peers)
+    }
+
+    /// [`Hub::join`] for a joiner its token admitted, with the token's room-size cap.
+    pub fn join_granted(&self, room: &str, grant: &crate::auth::Grant) -> Result<Arc<Session>, JoinError> {
+        self.join_as(room, None, grant.cap(self.cfg.limits.max_peers))
     }
 
     /// Resumes the session holding `token` from the client's last `seq` (`after`), if it is still there, in
     /// `room`, and its gap can be filled; otherwise ends it and joins a new one that says `recovered: false`.
     pub fn resume(&self, room: &str, token: &str, after: u64) -> Result<Resumed, JoinError> {
+        self.resume_or_join(room, token, after, &Ok(crate::auth::Grant::default()))
+    }
+
+    /// [`Hub::resume`], where the fresh session that replaces a failed resume is a join like any other: it
+    /// needs `fresh` to admit it (a resume needs no join token, but must not become a way around one).
+    pub fn resume_or_join(
+        &self,
+        room: &str,
+        token: &str,
+        after: u64,
+        fresh: &crate::auth::Admit,
+    ) -> Result<Resumed, JoinError> {
         protocol::validate_room(room).map_err(JoinError::BadRoom)?;
         let found = self.session(token).filter(|s| s.room() == room && s.close_code().is_none());
         if let Some(session) = found {
@@ -127,7 +166,8 @@ impl Hub {
                 }
             }
         }
-        self.join_as(room, Some(false)).map(Resumed::Fresh)
+        let grant = fresh.as_ref().map_err(|e| JoinError::Unauthorized(e.clone()))?;
+        self.join_as(room, Some(false), grant.cap(self.cfg.limits.max_peers)).map(Resumed::Fresh)
     }
 
     /// The live session holding `token`.
@@ -139,7 +179,7 @@ impl Hub {
         self.by_token.get(token).map(|s| s.clone()).filter(|s| s.token_matches(token))
     }
 
-    fn join_as(&self, room: &str, recovered: Option<bool>) -> Result<Arc<Session>, JoinError> {
+    fn join_as(&self, room: &str, recovered: Option<bool>, max_peers: usize) -> Result<Arc<Session>, JoinError> {
         protocol::validate_room(room).map_err(JoinError::BadRoom)?;
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(JoinError::ShuttingDown);
@@ -149,7 +189,7 @@ impl Hub {
         // The entry lock is held throughout, so nobody can route to the newcomer before its
         // welcome is queued, and two joiners cannot both take the last place.
         let mut members = self.rooms.entry(room.to_owned()).or_default();
-        if members.len() >= self.cfg.limits.max_peers {
+        if members.len() >= max_peers {
             return Err(JoinError::RoomFull(members.len()));
         }
         let welcome = ServerMessage::Welcome(Welcome {
@@ -213,6 +253,9 @@ impl Hub {
                 self.leave(from, LeaveReason::Left);
                 return Flow::Leave;
             }
+            // Only meaningful as a WebSocket's first message, which the transport reads itself; a client that
+            // sends its token both ways, or to a server without auth, is not wrong.
+            ClientMessage::Auth { .. } => {}
         }
         Flow::Continue
     }

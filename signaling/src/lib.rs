@@ -11,11 +11,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod client_addr;
 pub mod config;
 pub mod edge;
 pub mod hub;
 pub mod ice;
+pub mod origin;
 pub mod routes;
 pub mod session;
 pub mod stun;
@@ -55,6 +57,9 @@ pub enum StartError {
     /// A TLS, proxy, timeout or connection-cap setting that cannot work (e.g. an unreadable certificate).
     #[error(transparent)]
     Edge(#[from] edge::EdgeError),
+    /// A join-token or origin setting that cannot work.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthConfigError),
 }
 
 /// A bound server, ready to run.
@@ -83,6 +88,7 @@ impl Server {
     pub async fn bind(cfg: Config) -> Result<Self, StartError> {
         cfg.validate()?;
         let edge = edge::Edge::new(&cfg.edge, cfg.listen)?;
+        let gate = auth::Gate::from_flags(&cfg.auth)?;
         let listener = bind_listener(cfg.listen).await.map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let (ice_servers, stun) = ice::setup(&cfg.ice, cfg.listen).await?;
@@ -92,7 +98,8 @@ impl Server {
             outbox: cfg.outbox,
             resume_window: Duration::from_millis(cfg.resume_window_ms),
             ice_servers,
-        }));
+        })
+        .with_gate(gate));
         Ok(Server { listener, addr, hub, cfg, stun, edge })
     }
 

@@ -6,11 +6,29 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> std::process::ExitCode {
     // Logs go to stderr; stdout carries only the "listening" line that scripts and tests read.
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,warp=warn")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,warp=warn"))
+                // tungstenite's TRACE prints every frame, `auth` messages (join tokens) included: capped even
+                // under RUST_LOG=trace, because secrets never reach a log.
+                .add_directive("tungstenite::protocol=debug".parse().expect("static directive")),
+        )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let cfg = Config::parse();
+    if let Some(signaling::auth::Command::Token(args)) = &cfg.command {
+        return match args.mint() {
+            Ok(token) => {
+                println!("{token}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("signaling token: {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let server = match Server::bind(cfg).await {
         Ok(s) => s,
         Err(e) => {

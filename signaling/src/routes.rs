@@ -9,12 +9,19 @@ use std::sync::Arc;
 use warp::Filter;
 use warp::http::StatusCode;
 
-/// How a stream connection asks to resume: `?resume=<token>&after=<seq>` (browsers cannot set headers on
-/// WebSocket or EventSource requests).
+/// How a stream connection asks to resume: `?resume=<token>&after=<seq>`, and its join token, `?token=`
+/// (browsers cannot set headers on WebSocket or EventSource requests).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 struct ResumeQuery {
     resume: Option<String>,
     after: Option<u64>,
+    token: Option<protocol::Secret>,
+}
+
+/// The join token of a stream join: `?token=` or, for native clients, `Authorization: Bearer` (these
+/// endpoints have no session token to carry there).
+fn join_token(q: &ResumeQuery, auth: Option<&str>) -> Option<String> {
+    q.token.as_ref().map(|t| t.0.clone()).or_else(|| http::bearer(auth).map(str::to_owned)).filter(|t| !t.is_empty())
 }
 
 impl ResumeQuery {
@@ -34,6 +41,7 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     let max = hub.config().limits.max_message_bytes;
     let hub_for_ice = hub.clone();
+    let origin = crate::origin::check(hub.gate().origins.clone());
     let with_hub = warp::any().map(move || hub.clone());
     // A disabled transport is simply absent (404), as behind a proxy that blocks it.
     let enabled_if = |enabled: bool| {
@@ -44,55 +52,70 @@ pub fn routes(
     let on = |kind: Kind| enabled_if(transports.contains(&kind));
     let http_on = transports.iter().any(|k| matches!(k, Kind::Sse | Kind::Longpoll));
     let resume_query = warp::query::<ResumeQuery>();
+    let authorization = warp::header::optional::<String>("authorization");
 
     // GET /v1/rooms/{room}/ws. The room is validated after the upgrade, so a browser can read why it was refused.
     let ws = warp::path!("v1" / "rooms" / String / "ws")
         .and(on(Kind::Ws))
+        .and(origin.clone().map(|_| ()).untuple_one())
         .and(resume_query.clone())
+        .and(authorization.clone())
         .and(warp::ws())
         .and(with_hub.clone())
-        .map(move |room: String, q: ResumeQuery, ws: warp::ws::Ws, hub: Arc<Hub>| {
+        .map(move |room: String, q: ResumeQuery, auth: Option<String>, ws: warp::ws::Ws, hub: Arc<Hub>| {
+            let token = join_token(&q, auth.as_deref());
             let start = q.start();
             ws.max_message_size(max * HARD_LIMIT_FACTOR)
                 .max_frame_size(max * HARD_LIMIT_FACTOR)
-                .on_upgrade(move |socket| crate::transport::ws::serve(socket, room, start, hub))
-        });
+                .on_upgrade(move |socket| crate::transport::ws::serve(socket, room, start, token, hub))
+        })
+        .recover(crate::origin::recover);
 
     // GET /v1/rooms/{room}/sse. A browser's own reconnect sends Last-Event-ID, which wins over the query.
     let sse = warp::path!("v1" / "rooms" / String / "sse")
         .and(warp::get())
         .and(on(Kind::Sse))
+        .and(origin.clone().map(|_| ()).untuple_one())
         .and(resume_query)
+        .and(authorization.clone())
         .and(warp::header::optional::<String>("last-event-id"))
         .and(with_hub.clone())
-        .map(|room: String, q: ResumeQuery, last: Option<String>, hub: Arc<Hub>| {
+        .map(|room: String, q: ResumeQuery, auth: Option<String>, last: Option<String>, hub: Arc<Hub>| {
+            let token = join_token(&q, auth.as_deref());
             let start = match last {
                 Some(id) => sse::parse_last_event_id(&id),
                 None => q.start(),
             };
-            sse::respond(room, start, hub)
-        });
+            sse::respond(room, start, token, hub)
+        })
+        .recover(crate::origin::recover);
 
     // GET /v1/rooms/{room}/poll: long polling, or short polling with wait_ms=0.
     let poll = warp::path!("v1" / "rooms" / String / "poll")
         .and(warp::get())
         .and(on(Kind::Longpoll))
-        .and(warp::header::optional::<String>("authorization"))
+        .and(origin.clone())
+        .and(authorization.clone())
         .and(warp::query::<http::PollQuery>())
         .and(with_hub.clone())
-        .then(http::poll);
+        .then(|room: String, origin: Option<String>, auth, q, hub| async move {
+            crate::origin::cors(http::poll(room, auth, q, hub).await, origin)
+        })
+        .recover(crate::origin::recover);
 
     // POST /v1/sessions/{peer_id}: client messages of SSE and polling sessions.
     let post = warp::path!("v1" / "sessions" / String)
         .and(warp::post())
         .and(enabled_if(http_on))
-        .and(warp::header::optional::<String>("authorization"))
+        .and(origin.clone())
+        .and(authorization.clone())
         .and(warp::body::content_length_limit((max * HARD_LIMIT_FACTOR) as u64))
         .and(warp::body::bytes())
         .and(with_hub.clone())
-        .map(|peer: String, auth: Option<String>, body: bytes::Bytes, hub: Arc<Hub>| {
-            http::post(&peer, auth.as_deref(), &body, &hub)
+        .map(|peer: String, origin: Option<String>, auth: Option<String>, body: bytes::Bytes, hub: Arc<Hub>| {
+            crate::origin::cors(http::post(&peer, auth.as_deref(), &body, &hub), origin)
         })
+        .recover(crate::origin::recover)
         .recover(|r: warp::Rejection| async move {
             // Only the body-size refusals are ours to word; everything else routes on.
             if r.find::<warp::reject::PayloadTooLarge>().is_some() {
@@ -103,6 +126,20 @@ pub fn routes(
                 Err(r)
             }
         });
+
+    // CORS preflights for the two endpoints a cross-origin page calls with `fetch`.
+    let preflight = warp::options()
+        .and(
+            warp::path!("v1" / "sessions" / String)
+                .map(|_| ())
+                .untuple_one()
+                .or(warp::path!("v1" / "rooms" / String / "poll").map(|_| ()).untuple_one())
+                .unify(),
+        )
+        .and(enabled_if(http_on))
+        .and(origin)
+        .map(crate::origin::preflight)
+        .recover(crate::origin::recover);
 
     let ice = crate::ice::route(hub_for_ice);
 
@@ -120,5 +157,14 @@ pub fn routes(
         .and(warp::path::tail())
         .map(move |tail: warp::path::Tail| web.respond(tail.as_str()));
 
-    ws.or(sse).or(poll).or(post).or(healthz).or(ice).or(web).with(warp::trace::request())
+    // Not `warp::trace::request()`: it records the Referer, which holds the page URL and so the demo's
+    // `?token=`. Only the method and the path (no query: join and session tokens travel there) are logged.
+    ws.or(sse)
+        .or(poll)
+        .or(post)
+        .or(preflight)
+        .or(healthz)
+        .or(ice)
+        .or(web)
+        .with(warp::trace(|info| tracing::info_span!("request", method = %info.method(), path = %info.path())))
 }

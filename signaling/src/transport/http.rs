@@ -76,15 +76,20 @@ pub struct PollQuery {
     /// A resume (after a drop, possibly from another transport): the session token, as on the other
     /// transports. The answer then ends with `resumed`.
     pub resume: Option<String>,
+    /// The join token, when the server requires one (`Authorization` carries the session token here).
+    pub token: Option<protocol::Secret>,
 }
 
 /// `GET /v1/rooms/{room}/poll`: without a token, joins the room and returns the `welcome` at once; with one,
 /// returns the messages after `after` as soon as there are any (or after `wait_ms`, empty). With
 /// `resume=<token>`, resumes the session like the other transports do (the answer ends with `resumed`).
 pub async fn poll(room: String, auth: Option<String>, q: PollQuery, hub: Arc<Hub>) -> Response {
+    let admit = || hub.gate().admit(q.token.as_ref().map(|t| t.0.as_str()), &room);
     let joined = match (&q.resume, bearer(auth.as_deref())) {
-        (Some(token), _) => Start::Resume { token: token.clone(), after: q.after }.run(&hub, &room).map(|(s, a)| (s, a, false)),
-        (None, None) => hub.join(&room).map(|s| (s, 0, false)),
+        (Some(token), _) => {
+            Start::Resume { token: token.clone(), after: q.after }.run(&hub, &room, &admit()).map(|(s, a)| (s, a, false))
+        }
+        (None, None) => Start::Join.run(&hub, &room, &admit()).map(|(s, a)| (s, a, false)),
         // A plain poll never starts a session: a client whose session is gone (it left, or was timed out)
         // hears so, and resumes explicitly (`resume=`) if it wants to go on.
         (None, Some(token)) => match hub.session(token) {
@@ -152,6 +157,7 @@ fn refused_join(e: &JoinError, room: &str) -> Response {
         JoinError::BadRoom(_) => StatusCode::BAD_REQUEST,
         JoinError::RoomFull(_) => StatusCode::CONFLICT,
         JoinError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        JoinError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
     };
     let body = protocol::PollResponse { messages: vec![msg], close: Some(close.into()) };
     json_response(status, serde_json::to_string(&body).unwrap_or_default())

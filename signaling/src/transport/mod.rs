@@ -41,11 +41,22 @@ pub enum Start {
 }
 
 impl Start {
-    /// Joins or resumes on `hub`; returns the session and the `seq` after which its client needs messages.
-    pub fn run(&self, hub: &Hub, room: &str) -> Result<(Arc<Session>, u64), crate::hub::JoinError> {
+    /// Joins (if `admit` lets it) or resumes on `hub`; returns the session and the `seq` after which its
+    /// client needs messages. A resume needs no join token; the fresh session that replaces a failed one does.
+    pub fn run(
+        &self,
+        hub: &Hub,
+        room: &str,
+        admit: &crate::auth::Admit,
+    ) -> Result<(Arc<Session>, u64), crate::hub::JoinError> {
         match self {
-            Start::Join => Ok((hub.join(room)?, 0)),
-            Start::Resume { token, after } => match hub.resume(room, token, *after)? {
+            Start::Join => {
+                // The room name is checked first, so a bad room says `bad-room` whatever the token.
+                protocol::validate_room(room).map_err(crate::hub::JoinError::BadRoom)?;
+                let grant = admit.as_ref().map_err(|e| crate::hub::JoinError::Unauthorized(e.clone()))?;
+                Ok((hub.join_granted(room, grant)?, 0))
+            }
+            Start::Resume { token, after } => match hub.resume_or_join(room, token, *after, admit)? {
                 Resumed::Same(s) => Ok((s, *after)),
                 Resumed::Fresh(s) => Ok((s, 0)),
             },

@@ -70,9 +70,10 @@ pub fn parse_last_event_id(id: &str) -> Start {
 }
 
 /// Starts the stream for one `GET` and returns its response.
-pub fn respond(room: String, start: Start, hub: Arc<Hub>) -> warp::reply::Response {
+pub fn respond(room: String, start: Start, token: Option<String>, hub: Arc<Hub>) -> warp::reply::Response {
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(pump(room, start, hub, tx));
+    let admit = hub.gate().admit(token.as_deref(), &room);
+    tokio::spawn(pump(room, start, admit, hub, tx));
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
     });
@@ -89,11 +90,11 @@ fn close_event(notice: CloseNotice) -> Bytes {
     Bytes::from(event(None, Some("close"), &data).unwrap_or_default())
 }
 
-async fn pump(room: String, start: Start, hub: Arc<Hub>, tx: mpsc::Sender<Bytes>) {
+async fn pump(room: String, start: Start, admit: crate::auth::Admit, hub: Arc<Hub>, tx: mpsc::Sender<Bytes>) {
     if tx.send(Bytes::from(format!("retry: {RETRY_MS}\n\n"))).await.is_err() {
         return;
     }
-    let (session, after) = match start.run(&hub, &room) {
+    let (session, after) = match start.run(&hub, &room, &admit) {
         Ok(joined) => joined,
         Err(e) => {
             // No session, so no id: a browser reconnecting by itself starts afresh (and the client, seeing

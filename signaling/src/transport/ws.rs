@@ -49,10 +49,21 @@ enum WriterEnd {
     Gone,
 }
 
-/// Serves one upgraded socket until it closes.
-pub async fn serve(socket: WebSocket, room: String, start: Start, hub: Arc<Hub>) {
+/// Serves one upgraded socket until it closes. `token` is the join token from the URL or a header; when the
+/// server requires one and there is none, a join waits for it as the first message.
+pub async fn serve(socket: WebSocket, room: String, start: Start, token: Option<String>, hub: Arc<Hub>) {
     let (mut sink, mut stream) = socket.split();
-    let (session, after) = match start.run(&hub, &room) {
+    let gate = hub.gate();
+    let admit = if gate.required() && token.is_none() && start == Start::Join {
+        let max = hub.config().limits.max_message_bytes;
+        match first_message_token(&mut stream, gate.timeout, max).await {
+            Ok(t) => gate.admit(Some(&t), &room),
+            Err(e) => Err(e),
+        }
+    } else {
+        gate.admit(token.as_deref(), &room)
+    };
+    let (session, after) = match start.run(&hub, &room, &admit) {
         Ok(joined) => joined,
         Err(e) => {
             let (msg, close) = e.refusal(&room);
@@ -191,6 +202,31 @@ async fn write_loop(
                 _ = stop.changed() => return WriterEnd::Gone,
             }
         }
+    }
+}
+
+/// Waits up to `timeout` for the first text frame and reads it as `{"type":"auth","token":…}`. Pings and pongs
+/// do not count; anything else (another message, a binary frame, silence, a close) is a refusal.
+async fn first_message_token(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    timeout: Duration,
+    max: usize,
+) -> Result<String, crate::auth::AuthError> {
+    use crate::auth::AuthError;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) | Ok(None) | Ok(Some(Err(_))) => return Err(AuthError::Missing),
+            Ok(Some(Ok(m))) => m,
+        };
+        if msg.is_ping() || msg.is_pong() {
+            continue;
+        }
+        let Ok(text) = msg.to_str() else { return Err(AuthError::NotAuthFirst) };
+        return match ClientEnvelope::decode(text, max) {
+            Ok(ClientEnvelope { msg: protocol::ClientMessage::Auth { token }, .. }) => Ok(token.0),
+            _ => Err(AuthError::NotAuthFirst),
+        };
     }
 }
 
