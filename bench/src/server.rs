@@ -105,6 +105,8 @@ pub fn serve_main() -> anyhow::Result<()> {
             resume_window: Duration::from_millis(cfg.resume_window_ms),
             // No ICE servers: relayed messages never need them.
             ice_servers: Default::default(),
+            // The bench measures the transports: its load must never meet a rate or outbox limit.
+            node: signaling::limits::LimitFlags::unlimited(),
         }));
         let requests = Arc::new(AtomicU64::new(0));
         let counted = {

@@ -64,6 +64,10 @@ pub struct Config {
     /// `signaling token …` mints a join token instead of serving.
     #[command(subcommand)]
     pub command: Option<crate::auth::Command>,
+
+    /// Rate, node, size and outbox-byte limits.
+    #[command(flatten)]
+    pub limits: crate::limits::LimitFlags,
 }
 
 /// A setting that cannot work.
@@ -123,6 +127,7 @@ impl Config {
                 return Err(ConfigError::TooSmall { flag, min, value });
             }
         }
+        self.limits.validate(self.max_message_bytes)?;
         if self.transports.is_empty() {
             return Err(ConfigError::NoTransport);
         }

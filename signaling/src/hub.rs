@@ -24,6 +24,8 @@ pub struct HubConfig {
     pub resume_window: Duration,
     /// ICE servers handed to every session, TURN credentials minted per session.
     pub ice_servers: crate::ice::IceServers,
+    /// Rate, node, size and outbox-byte limits (`crate::limits`).
+    pub node: crate::limits::LimitFlags,
 }
 
 /// Why a join was refused.
@@ -41,6 +43,12 @@ pub enum JoinError {
     /// No valid join token (see [`crate::auth`]).
     #[error("{0}")]
     Unauthorized(crate::auth::AuthError),
+    /// This node holds `--max-sessions` sessions or `--max-rooms` rooms (the name of the limit).
+    #[error("this node is full ({0}); retry later or on another node")]
+    NodeFull(&'static str),
+    /// Too many joins from the client's address (`--join-rate-per-ip-per-min`).
+    #[error("too many joins from this address; retry later")]
+    RateLimited,
 }
 
 impl JoinError {
@@ -59,6 +67,8 @@ impl JoinError {
             JoinError::RoomFull(_) => (ErrorCode::RoomFull, CloseCode::RoomFull),
             JoinError::ShuttingDown => (ErrorCode::Internal, CloseCode::Shutdown),
             JoinError::Unauthorized(e) => (e.code(), CloseCode::Unauthorized),
+            JoinError::NodeFull(_) => (ErrorCode::NodeFull, CloseCode::NodeFull),
+            JoinError::RateLimited => (ErrorCode::RateLimited, CloseCode::RateLimited),
         }
     }
 }
@@ -70,6 +80,9 @@ pub enum Flow {
     Continue,
     /// The client left: close normally.
     Leave,
+    /// The message was refused by a limit (the client got an `error` with this code); the session goes on
+    /// unless the limit also closed it.
+    Refused(ErrorCode),
 }
 
 /// The outcome of a resume request.
@@ -91,17 +104,20 @@ pub struct Hub {
     by_token: DashMap<String, Arc<Session>>,
     shutting_down: AtomicBool,
     gate: crate::auth::Gate,
+    joins: crate::limits::JoinLimiter,
 }
 
 impl Hub {
     /// An empty hub.
     pub fn new(cfg: HubConfig) -> Self {
+        let joins = crate::limits::JoinLimiter::new(cfg.node.join_rate_per_ip_per_min, crate::limits::JOIN_TABLE_CAP);
         Hub {
             cfg,
             rooms: DashMap::new(),
             by_token: DashMap::new(),
             shutting_down: AtomicBool::new(false),
             gate: crate::auth::Gate::default(),
+            joins,
         }
     }
 
@@ -114,6 +130,11 @@ impl Hub {
     /// The admission policy.
     pub fn gate(&self) -> &crate::auth::Gate {
         &self.gate
+    }
+
+    /// Join attempts per client address.
+    pub fn joins(&self) -> &crate::limits::JoinLimiter {
+        &self.joins
     }
 
     /// The configuration.
@@ -184,8 +205,21 @@ impl Hub {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(JoinError::ShuttingDown);
         }
+        // Checked before the room's entry lock is taken (counting takes every shard's lock), so joins racing
+        // each other may overshoot a node limit by the number of joins in flight, never by more.
+        if self.by_token.len() >= self.cfg.node.max_sessions {
+            tracing::warn!(limit = self.cfg.node.max_sessions, "join refused: --max-sessions reached");
+            return Err(JoinError::NodeFull("max-sessions"));
+        }
+        if !self.rooms.contains_key(room) && self.rooms.len() >= self.cfg.node.max_rooms {
+            tracing::warn!(limit = self.cfg.node.max_rooms, "join refused: --max-rooms reached");
+            return Err(JoinError::NodeFull("max-rooms"));
+        }
         let peer_id = new_id();
-        let session = Arc::new(Session::new(peer_id.clone(), room.to_owned(), new_id(), self.cfg.outbox));
+        let session = Arc::new(
+            Session::new(peer_id.clone(), room.to_owned(), new_id(), self.cfg.outbox)
+                .with_outbox_bytes(self.cfg.node.outbox_bytes),
+        );
         // The entry lock is held throughout, so nobody can route to the newcomer before its
         // welcome is queued, and two joiners cannot both take the last place.
         let mut members = self.rooms.entry(room.to_owned()).or_default();
@@ -221,11 +255,26 @@ impl Hub {
     /// Acts on one client message unless its `cseq` shows the server already had it (a message sent again
     /// after a reconnect).
     pub fn handle_envelope(&self, from: &Session, env: ClientEnvelope) -> Flow {
-        if !from.accept_cseq(env.cseq) {
-            tracing::debug!(peer = %from.peer_id(), cseq = env.cseq, "duplicate client message dropped");
-            return Flow::Continue;
+        // Limits first: a refused message is not recorded as received, so `received` counts handled messages.
+        match from.guard().check(&self.cfg.node, &env.msg, Instant::now()) {
+            crate::limits::Verdict::Pass => {
+                if !from.accept_cseq(env.cseq) {
+                    tracing::debug!(peer = %from.peer_id(), cseq = env.cseq, "duplicate client message dropped");
+                    return Flow::Continue;
+                }
+                self.handle(from, env.msg)
+            }
+            crate::limits::Verdict::Refuse(code, message) => {
+                self.refuse(from, code, message);
+                Flow::Refused(code)
+            }
+            crate::limits::Verdict::Close(code, message) => {
+                tracing::warn!(peer = %from.peer_id(), room = %from.room(), "rate limit ignored: closing with 4004");
+                self.refuse(from, code, message);
+                from.close(CloseCode::RateLimited);
+                Flow::Refused(code)
+            }
         }
-        self.handle(from, env.msg)
     }
 
     /// Acts on one client message.
@@ -377,6 +426,7 @@ mod tests {
             outbox: 16,
             resume_window: Duration::from_millis(300),
             ice_servers: Default::default(),
+            node: crate::limits::LimitFlags::default(),
         })
     }
 

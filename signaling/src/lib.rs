@@ -18,6 +18,7 @@ pub mod edge;
 pub mod hub;
 pub mod ice;
 pub mod origin;
+pub mod limits;
 pub mod routes;
 pub mod session;
 pub mod stun;
@@ -98,6 +99,7 @@ impl Server {
             outbox: cfg.outbox,
             resume_window: Duration::from_millis(cfg.resume_window_ms),
             ice_servers,
+            node: cfg.limits.clone(),
         })
         .with_gate(gate));
         Ok(Server { listener, addr, hub, cfg, stun, edge })

@@ -1,5 +1,6 @@
 //! The whole HTTP surface, composed in one place.
 
+use crate::client_addr::{ClientIp, client_ip};
 use crate::hub::Hub;
 use crate::transport::ws::HARD_LIMIT_FACTOR;
 use crate::transport::{Kind, Start, http, sse};
@@ -33,6 +34,9 @@ impl ResumeQuery {
     }
 }
 
+/// tungstenite's default write buffer (128 KiB), below which it does not even try to flush.
+const WS_WRITE_BUFFER: usize = 128 * 1024;
+
 /// Every route of the server, with only the `transports` given.
 pub fn routes(
     hub: Arc<Hub>,
@@ -54,19 +58,24 @@ pub fn routes(
     let resume_query = warp::query::<ResumeQuery>();
     let authorization = warp::header::optional::<String>("authorization");
 
-    // GET /v1/rooms/{room}/ws. The room is validated after the upgrade, so a browser can read why it was refused.
+    // GET /v1/rooms/{room}/ws. The room (and the join rate of the address) is checked after the upgrade, so a
+    // browser can read why it was refused.
     let ws = warp::path!("v1" / "rooms" / String / "ws")
         .and(on(Kind::Ws))
         .and(origin.clone().map(|_| ()).untuple_one())
         .and(resume_query.clone())
         .and(authorization.clone())
         .and(warp::ws())
+        .and(client_ip())
         .and(with_hub.clone())
-        .map(move |room: String, q: ResumeQuery, auth: Option<String>, ws: warp::ws::Ws, hub: Arc<Hub>| {
+        .map(move |room: String, q: ResumeQuery, auth: Option<String>, ws: warp::ws::Ws, ip: ClientIp, hub: Arc<Hub>| {
             let token = join_token(&q, auth.as_deref());
-            let start = q.start();
+            let start = hub.joins().admit(ip, q.start());
+            // Frames are flushed one at a time (the writer awaits each send), so the buffer holds at most one
+            // frame: the cap only turns a bug that would let it grow into an error.
             ws.max_message_size(max * HARD_LIMIT_FACTOR)
                 .max_frame_size(max * HARD_LIMIT_FACTOR)
+                .max_write_buffer_size(WS_WRITE_BUFFER + max * HARD_LIMIT_FACTOR)
                 .on_upgrade(move |socket| crate::transport::ws::serve(socket, room, start, token, hub))
         })
         .recover(crate::origin::recover);
@@ -79,13 +88,15 @@ pub fn routes(
         .and(resume_query)
         .and(authorization.clone())
         .and(warp::header::optional::<String>("last-event-id"))
+        .and(client_ip())
         .and(with_hub.clone())
-        .map(|room: String, q: ResumeQuery, auth: Option<String>, last: Option<String>, hub: Arc<Hub>| {
+        .map(|room: String, q: ResumeQuery, auth: Option<String>, last: Option<String>, ip: ClientIp, hub: Arc<Hub>| {
             let token = join_token(&q, auth.as_deref());
             let start = match last {
                 Some(id) => sse::parse_last_event_id(&id),
                 None => q.start(),
             };
+            let start = hub.joins().admit(ip, start);
             sse::respond(room, start, token, hub)
         })
         .recover(crate::origin::recover);
@@ -97,8 +108,14 @@ pub fn routes(
         .and(origin.clone())
         .and(authorization.clone())
         .and(warp::query::<http::PollQuery>())
+        .and(client_ip())
         .and(with_hub.clone())
-        .then(|room: String, origin: Option<String>, auth, q, hub| async move {
+        .then(|room: String, origin: Option<String>, auth: Option<String>, q: http::PollQuery, ip: ClientIp, hub: Arc<Hub>| async move {
+            // Only a poll that starts (or resumes) a session is a join; polls of a live session are not.
+            let joins = q.resume.is_some() || http::bearer(auth.as_deref()).is_none();
+            if joins && hub.joins().admit(ip, Start::Join) != Start::Join {
+                return crate::origin::cors(http::refused_join(&crate::hub::JoinError::RateLimited, &room), origin);
+            }
             crate::origin::cors(http::poll(room, auth, q, hub).await, origin)
         })
         .recover(crate::origin::recover);

@@ -41,6 +41,9 @@ pub struct Session {
     room: String,
     token: String,
     capacity: usize,
+    // Bytes of encoded messages kept at most (`--outbox-bytes`); the newest message is always kept.
+    byte_capacity: usize,
+    guard: crate::limits::SessionGuard,
     // One lock makes "take the next seq" and "append" one step, so concurrent senders (two peers
     // signalling the same target) can never append out of seq order.
     state: Mutex<State>,
@@ -55,6 +58,8 @@ pub struct Session {
 struct State {
     next_seq: u64,
     buf: VecDeque<Outgoing>,
+    // Sum of the text lengths in `buf`.
+    bytes: usize,
     // Highest seq ever handed to a transport. Evicting a message above it would lose it for good.
     handed_out: u64,
     last_seen: Instant,
@@ -71,9 +76,12 @@ impl Session {
             room,
             token,
             capacity: capacity.max(1),
+            byte_capacity: usize::MAX,
+            guard: crate::limits::SessionGuard::default(),
             state: Mutex::new(State {
                 next_seq: 1,
                 buf: VecDeque::new(),
+                bytes: 0,
                 handed_out: 0,
                 last_seen: Instant::now(),
                 detached_at: None,
@@ -83,6 +91,18 @@ impl Session {
             attached: watch::channel(0).0,
             kill: watch::channel(None).0,
         }
+    }
+
+    /// Also bounds the buffer to `bytes` of encoded messages: a client that does not read can make the
+    /// server hold this much for it, not more.
+    pub fn with_outbox_bytes(mut self, bytes: usize) -> Self {
+        self.byte_capacity = bytes;
+        self
+    }
+
+    /// The session's rate, SDP and candidate limit state.
+    pub fn guard(&self) -> &crate::limits::SessionGuard {
+        &self.guard
     }
 
     /// The server-assigned id.
@@ -125,10 +145,13 @@ impl Session {
         let mut st = self.state();
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.buf.push_back(Outgoing { seq, text: ServerEnvelope { seq, msg: msg(seq) }.encode() });
+        let text = ServerEnvelope { seq, msg: msg(seq) }.encode();
+        st.bytes += text.len();
+        st.buf.push_back(Outgoing { seq, text });
         let mut lost = false;
-        while st.buf.len() > self.capacity {
+        while st.buf.len() > self.capacity || (st.bytes > self.byte_capacity && st.buf.len() > 1) {
             if let Some(old) = st.buf.pop_front() {
+                st.bytes -= old.text.len();
                 lost |= old.seq > st.handed_out;
             }
         }
@@ -304,6 +327,22 @@ mod tests {
         assert_eq!(pong(&s), Err(Closed));
         assert_eq!(s.close_code(), Some(CloseCode::SlowConsumer));
         assert_eq!(pong(&s), Err(Closed));
+    }
+
+    #[test]
+    fn the_byte_bound_closes_a_slow_consumer_too() {
+        let s = session(1000).with_outbox_bytes(200);
+        let big = || s.push(ServerMessage::Pong { id: Some(1), received: Some(u64::MAX) });
+        let one = big().unwrap();
+        let len = s.read_after(0).unwrap()[0].text.len();
+        assert_eq!(one, 1);
+        // Handed-out messages are evicted silently; undelivered ones past the byte bound close the session.
+        let mut pushed = 1;
+        while big().is_ok() {
+            pushed += 1;
+            assert!(pushed * len < 200 + 2 * len, "more bytes kept than the bound allows");
+        }
+        assert_eq!(s.close_code(), Some(CloseCode::SlowConsumer));
     }
 
     #[test]

@@ -160,6 +160,7 @@ async fn hub_with_turn(file: &std::path::Path) -> Arc<Hub> {
         outbox: 16,
         resume_window: std::time::Duration::from_secs(1),
         ice_servers: ice,
+        node: Default::default(),
     }))
 }
 

@@ -53,8 +53,17 @@ pub fn post(peer_id: &str, auth: Option<&str>, body: &[u8], hub: &Hub) -> Respon
     };
     match ClientEnvelope::decode(text, hub.config().limits.max_message_bytes) {
         Ok(msg) => {
-            if hub.handle_envelope(&session, msg) == Flow::Leave {
-                session.close(CloseCode::Normal);
+            match hub.handle_envelope(&session, msg) {
+                Flow::Leave => session.close(CloseCode::Normal),
+                Flow::Refused(code) => {
+                    let status = match code {
+                        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+                        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                        _ => StatusCode::BAD_REQUEST,
+                    };
+                    return error(status, code, "refused by a limit (the error is also on the session's stream)");
+                }
+                Flow::Continue => {}
             }
             let mut res = warp::Reply::into_response(StatusCode::NO_CONTENT);
             no_store(&mut res);
@@ -151,13 +160,15 @@ fn respond(session: &Session, batch: Result<Vec<crate::session::Outgoing>, crate
     json_response(StatusCode::OK, body)
 }
 
-fn refused_join(e: &JoinError, room: &str) -> Response {
+/// The answer to a poll whose join was refused: the `error` and the close notice, with a status that says it.
+pub fn refused_join(e: &JoinError, room: &str) -> Response {
     let (msg, close) = e.refusal(room);
     let status = match e {
         JoinError::BadRoom(_) => StatusCode::BAD_REQUEST,
         JoinError::RoomFull(_) => StatusCode::CONFLICT,
-        JoinError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        JoinError::ShuttingDown | JoinError::NodeFull(_) => StatusCode::SERVICE_UNAVAILABLE,
         JoinError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        JoinError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
     };
     let body = protocol::PollResponse { messages: vec![msg], close: Some(close.into()) };
     json_response(status, serde_json::to_string(&body).unwrap_or_default())

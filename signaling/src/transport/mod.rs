@@ -38,6 +38,9 @@ pub enum Start {
         /// The last `seq` the client processed.
         after: u64,
     },
+    /// Refused before it reached the core (too many joins from the client's address): every transport
+    /// answers it as it answers any refused join.
+    Refused(crate::hub::JoinError),
 }
 
 impl Start {
@@ -60,6 +63,7 @@ impl Start {
                 Resumed::Same(s) => Ok((s, *after)),
                 Resumed::Fresh(s) => Ok((s, 0)),
             },
+            Start::Refused(e) => Err(e.clone()),
         }
     }
 }

@@ -20,6 +20,9 @@ use tokio::sync::mpsc;
 /// only uses it for its own automatic reconnects.
 pub const RETRY_MS: u64 = 1000;
 
+/// How long the close event may wait for room in the stream (a client that does not read never makes any).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Proxies commonly cut idle responses after 30–60 s; a comment at least this often keeps the stream alive.
 const MAX_HEARTBEAT: Duration = Duration::from_secs(15);
 
@@ -71,7 +74,9 @@ pub fn parse_last_event_id(id: &str) -> Start {
 
 /// Starts the stream for one `GET` and returns its response.
 pub fn respond(room: String, start: Start, token: Option<String>, hub: Arc<Hub>) -> warp::reply::Response {
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    // Two chunks, each at most one batch (itself at most `--outbox-bytes`): a stream nobody reads holds that
+    // much here, the pump stops reading the session, and the session's own bound ends it as a slow consumer.
+    let (tx, rx) = mpsc::channel::<Bytes>(2);
     let admit = hub.gate().admit(token.as_deref(), &room);
     tokio::spawn(pump(room, start, admit, hub, tx));
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -124,7 +129,8 @@ async fn pump(room: String, start: Start, admit: crate::auth::Admit, hub: Arc<Hu
             }
             Next::Heartbeat => Bytes::from_static(b": heartbeat\n\n"),
             Next::Close(code) => {
-                let _ = tx.send(close_event(code.into())).await;
+                // A client that does not read would never take the close event: give up on it after a grace.
+                let _ = tokio::time::timeout(CLOSE_GRACE, tx.send(close_event(code.into()))).await;
                 if code != protocol::CloseCode::Superseded {
                     hub.leave(&session, leave_reason(code));
                 }
