@@ -560,3 +560,43 @@ async fn the_token_never_reaches_the_log() {
 async fn sessions(srv: &TestServer) -> u64 {
     request(srv, "GET", "/healthz", &[], b"").await.json()["sessions"].as_u64().unwrap()
 }
+
+// ---- the minting recipes in docs/security.md ----
+
+/// The JS recipe in docs/security.md, taken from the page itself (between its markers) and run with Node, so the
+/// page cannot drift from what the server accepts.
+#[tokio::test]
+async fn the_js_minting_recipe_in_security_md_is_accepted() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md")).unwrap();
+    let start = page.find("<!-- js-mint-begin -->").expect("begin marker");
+    let end = page.find("<!-- js-mint-end -->").expect("end marker");
+    let block = &page[start..end];
+    let code = block.split("```js").nth(1).and_then(|b| b.split("```").next()).expect("a js block");
+    let script = temp_file(
+        "mint.mjs",
+        format!("{code}\nconsole.log(joinToken(process.argv[2], process.argv[3], 600));\n").as_bytes(),
+    );
+    let secret = std::str::from_utf8(SECRET).unwrap();
+    let out = std::process::Command::new("node").arg(&script).arg(secret).arg("r").output().expect("node runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let srv = hs_server().await;
+    welcomed(&mut ws(&srv, "r", &format!("token={token}")).await).await;
+    // And only for its room.
+    let mut c = ws(&srv, "other", &format!("token={token}")).await;
+    assert_eq!(refused(&mut c).await, (ErrorCode::Unauthorized, 4503));
+}
+
+/// The Rust recipe in docs/security.md, verbatim.
+#[tokio::test]
+async fn the_rust_minting_recipe_in_security_md_is_accepted() {
+    use jsonwebtoken::encode;
+    fn join_token(secret: &[u8], room: &str, ttl_secs: u64) -> jsonwebtoken::errors::Result<String> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let claims = serde_json::json!({ "room": room, "exp": now + ttl_secs });
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)?)
+    }
+    let token = join_token(SECRET, "r", 600).unwrap();
+    let srv = hs_server().await;
+    welcomed(&mut ws(&srv, "r", &format!("token={token}")).await).await;
+}
