@@ -312,8 +312,10 @@ pub enum ErrorCode {
     NodeFull,
     /// Too many connections or join attempts from one client address.
     TooManyConnections,
-    /// A session sent more ICE candidates, or larger SDP, than a negotiation needs.
+    /// A session sent more ICE candidates than a negotiation needs.
     TooManyCandidates,
+    /// A `POST` whose `Content-Type` is not `application/json` (HTTP 415).
+    UnsupportedMediaType,
 }
 
 impl ErrorCode {
@@ -337,6 +339,7 @@ impl ErrorCode {
             ErrorCode::NodeFull => "node-full",
             ErrorCode::TooManyConnections => "too-many-connections",
             ErrorCode::TooManyCandidates => "too-many-candidates",
+            ErrorCode::UnsupportedMediaType => "unsupported-media-type",
         }
     }
 }

@@ -126,10 +126,19 @@ pub fn routes(
         .and(enabled_if(http_on))
         .and(origin.clone())
         .and(authorization.clone())
+        .and(warp::header::optional::<String>("content-type"))
         .and(warp::body::content_length_limit((max * HARD_LIMIT_FACTOR) as u64))
         .and(warp::body::bytes())
         .and(with_hub.clone())
-        .map(|peer: String, origin: Option<String>, auth: Option<String>, body: bytes::Bytes, hub: Arc<Hub>| {
+        .map(|peer: String, origin: Option<String>, auth: Option<String>, ct: Option<String>, body: bytes::Bytes, hub: Arc<Hub>| {
+            if !http::is_json_content_type(ct.as_deref()) {
+                let res = http::error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    ErrorCode::UnsupportedMediaType,
+                    "the body must be application/json",
+                );
+                return crate::origin::cors(res, origin);
+            }
             crate::origin::cors(http::post(&peer, auth.as_deref(), &body, &hub), origin)
         })
         .recover(crate::origin::recover)

@@ -224,6 +224,33 @@ async fn sse_streams_with_the_right_headers_and_ids_and_posts_are_authorised() {
     assert_eq!(r.status, 404);
 }
 
+/// Form, multipart and text bodies (what a cross-site HTML form or `sendBeacon` sends without a preflight) are
+/// not client messages: 415 `unsupported-media-type`, and nothing reaches the session.
+#[tokio::test]
+async fn posts_with_a_wrong_content_type_get_415_and_nothing_happens() {
+    let srv = TestServer::start().await;
+    let mut s = Sse::open(&srv, "/v1/rooms/r/sse", &[]).await;
+    let w = welcome(s.message().await.1);
+    let auth = format!("Bearer {}", w.session.token);
+    for ct in ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/plain;charset=UTF-8", "application/jsonx", "json"] {
+        let r = request(&srv, "POST", &w.session.url, &[("authorization", &auth), ("content-type", ct)], br#"{"type":"leave"}"#).await;
+        assert_eq!((r.status, r.json::<Value>()["code"].clone()), (415, json!("unsupported-media-type")), "{ct}");
+    }
+    // Parameters and case do not matter; no Content-Type at all is a native client's bare body.
+    let mut cseq = 0;
+    for ct in [Some("application/json; charset=utf-8"), Some("Application/JSON"), None] {
+        cseq += 1;
+        let body = format!(r#"{{"type":"ping","id":{cseq},"cseq":{cseq}}}"#);
+        let mut headers = vec![("authorization", auth.as_str())];
+        if let Some(ct) = ct {
+            headers.push(("content-type", ct));
+        }
+        let r = request(&srv, "POST", &w.session.url, &headers, body.as_bytes()).await;
+        assert_eq!(r.status, 204, "{ct:?}");
+        assert_eq!(s.message().await.1, ServerMessage::Pong { id: Some(cseq), received: Some(cseq) });
+    }
+}
+
 #[tokio::test]
 async fn payload_line_breaks_cross_sse_intact_and_cannot_forge_fields() {
     let srv = TestServer::start().await;

@@ -30,6 +30,16 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
     header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim)
 }
 
+/// Whether a `POST`'s `Content-Type` is acceptable: `application/json` (any parameters, any case) or none at all
+/// (native clients that send a bare body). Form and multipart bodies, which a cross-site HTML form can send
+/// without a preflight, are never client messages.
+pub fn is_json_content_type(ct: Option<&str>) -> bool {
+    match ct {
+        None => true,
+        Some(v) => v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")),
+    }
+}
+
 /// `POST /v1/sessions/{peer_id}`: one client message, handled exactly as if it came over a WebSocket (a
 /// refused message also gets its `error` on the session's stream, like on a WebSocket).
 pub fn post(peer_id: &str, auth: Option<&str>, body: &[u8], hub: &Hub) -> Response {
