@@ -50,11 +50,14 @@ impl TestCert {
         let ca_key = rcgen::KeyPair::generate()?;
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "e2e test CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "e2e test CA");
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate()?;
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
         let leaf = params.signed_by(&key, &issuer)?;
         let cert = dir.join("cert.pem");
         let key_path = dir.join("key.pem");
@@ -62,7 +65,12 @@ impl TestCert {
         std::fs::write(&key_path, key.serialize_pem())?;
         let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
         let spki_sha256 = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(spki));
-        Ok(Self { dir, cert, key: key_path, spki_sha256 })
+        Ok(Self {
+            dir,
+            cert,
+            key: key_path,
+            spki_sha256,
+        })
     }
 
     fn server_args(&self) -> Vec<String> {
@@ -76,7 +84,10 @@ impl TestCert {
 
     /// The Chromium flag that accepts this leaf (and only it) without a trusted root.
     fn chromium_args(&self) -> Vec<String> {
-        vec![format!("--ignore-certificate-errors-spki-list={}", self.spki_sha256)]
+        vec![format!(
+            "--ignore-certificate-errors-spki-list={}",
+            self.spki_sha256
+        )]
     }
 }
 
@@ -89,7 +100,11 @@ impl Drop for TestCert {
 fn start_server(args: &[String]) -> Result<SignalingServer> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = SignalingServer::start(&args)?;
-    ensure!(server.url().starts_with("https://127.0.0.1:"), "the server listens on {}, expected https", server.url());
+    ensure!(
+        server.url().starts_with("https://127.0.0.1:"),
+        "the server listens on {}, expected https",
+        server.url()
+    );
     Ok(server)
 }
 
@@ -104,7 +119,9 @@ async fn check_secure_page(browser: &Browser) -> Result<()> {
         )
         .await?;
     ensure!(
-        seen["protocol"] == "https:" && seen["transport"] == "ws" && seen["insecure"] == serde_json::json!([]),
+        seen["protocol"] == "https:"
+            && seen["transport"] == "ws"
+            && seen["insecure"] == serde_json::json!([]),
         "{}: expected an https page signalling over wss with no plain requests, saw {seen}",
         browser.name()
     );
@@ -114,12 +131,22 @@ async fn check_secure_page(browser: &Browser) -> Result<()> {
 /// The selected candidate pair with `peer` is host ↔ host on 127.0.0.1: the chat channel is direct.
 async fn check_direct(browser: &Browser, peer: &str) -> Result<()> {
     let stats = browser
-        .wait_for(&format!("a selected candidate pair with {peer}"), STATS_TIMEOUT, STATE, |state| {
-            let stats = state.pointer(&format!("/peers/{peer}"))?;
-            (!stats["pairType"].is_null() && !stats["remoteAddress"].is_null()).then(|| stats.clone())
-        })
+        .wait_for(
+            &format!("a selected candidate pair with {peer}"),
+            STATS_TIMEOUT,
+            STATE,
+            |state| {
+                let stats = state.pointer(&format!("/peers/{peer}"))?;
+                (!stats["pairType"].is_null() && !stats["remoteAddress"].is_null())
+                    .then(|| stats.clone())
+            },
+        )
         .await?;
-    let on_loopback = |field: &str| stats[field].as_str().is_some_and(|a| a.starts_with("127.0.0.1:"));
+    let on_loopback = |field: &str| {
+        stats[field]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    };
     ensure!(
         stats["pairType"] == "host" && on_loopback("localAddress") && on_loopback("remoteAddress"),
         "{}: expected a direct host pair on 127.0.0.1, got {stats}",
@@ -149,7 +176,9 @@ async fn two_browsers_chat_over_https_and_wss() -> Result<()> {
         check_direct(&b, &a_id).await?;
         demo_chat(&a, &a_id, &b, "over https: a → b, héllo ✓").await?;
         demo_chat(&b, &b_id, &a, "over https: b → a").await?;
-        println!("https/wss: both pages loaded, joined and their direct channel ready in {ready_ms} ms");
+        println!(
+            "https/wss: both pages loaded, joined and their direct channel ready in {ready_ms} ms"
+        );
         Ok(())
     }
     .await;
@@ -171,13 +200,19 @@ fn mint(secret: &Path, room: &str, ttl: &str) -> Result<String> {
         .output()
         .with_context(|| format!("running {} token", binary.display()))?;
     if !out.status.success() {
-        bail!("signaling token exited {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "signaling token exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let token = String::from_utf8(out.stdout)?.trim().to_owned();
     // A JWT (three base64url parts): safe in a query string as it is.
     ensure!(
         token.split('.').count() == 3
-            && token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
         "signaling token printed something that is not a JWT ({} bytes)",
         token.len()
     );
@@ -189,7 +224,10 @@ fn write_secret(dir: &Path) -> Result<PathBuf> {
     let mut bytes = [0u8; 32];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
     let path = dir.join("auth-secret");
-    std::fs::write(&path, bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())?;
+    std::fs::write(
+        &path,
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    )?;
     Ok(path)
 }
 
@@ -202,7 +240,11 @@ async fn check_token_hidden(browser: &Browser, token: &str) -> Result<()> {
         )
         .await?;
     let visible = visible.as_str().context("the page text is a string")?;
-    ensure!(!visible.contains(token), "{}: the join token appears on the page or in its state", browser.name());
+    ensure!(
+        !visible.contains(token),
+        "{}: the join token appears on the page or in its state",
+        browser.name()
+    );
     Ok(())
 }
 
@@ -215,16 +257,29 @@ struct Refusal {
 
 /// Loads `url` (whose join must be refused with `code`), waits until the page has stopped with the refusal
 /// shown, then watches it for `NO_RETRY_WATCH`: it must make exactly one connection in all and no more.
-async fn expect_refused(browser: &Browser, url: &str, code: &str, token: Option<&str>) -> Result<Refusal> {
+async fn expect_refused(
+    browser: &Browser,
+    url: &str,
+    code: &str,
+    token: Option<&str>,
+) -> Result<Refusal> {
     let started = Instant::now();
     browser.goto(url).await?;
     browser
-        .wait_for(&format!("the join to be refused with {code}"), REFUSAL_TIMEOUT, STATE, |state| {
-            (state.get("joinRefused")? == code && state.get("signaling")? == "closed").then_some(())
-        })
+        .wait_for(
+            &format!("the join to be refused with {code}"),
+            REFUSAL_TIMEOUT,
+            STATE,
+            |state| {
+                (state.get("joinRefused")? == code && state.get("signaling")? == "closed")
+                    .then_some(())
+            },
+        )
         .await?;
     let settle_ms = started.elapsed().as_millis();
-    let notice = browser.eval("document.getElementById('notice').textContent").await?;
+    let notice = browser
+        .eval("document.getElementById('notice').textContent")
+        .await?;
     let notice = notice.as_str().unwrap_or_default();
     ensure!(
         notice.contains("invitation") && notice.ends_with("Not retrying."),
@@ -252,7 +307,11 @@ async fn expect_refused(browser: &Browser, url: &str, code: &str, token: Option<
     if let Some(token) = token {
         check_token_hidden(browser, token).await?;
     }
-    Ok(Refusal { settle_ms, connections, http_joins })
+    Ok(Refusal {
+        settle_ms,
+        connections,
+        http_joins,
+    })
 }
 
 #[tokio::test]
@@ -269,8 +328,15 @@ async fn join_tokens_admit_invited_pages_and_refuse_the_rest_once() -> Result<()
 
     let mut args = cert.server_args();
     args.extend(
-        ["--auth-secret-file", &secret.display().to_string(), "--auth-timeout-ms", AUTH_TIMEOUT_MS, "--auth-leeway-secs", "0"]
-            .map(str::to_owned),
+        [
+            "--auth-secret-file",
+            &secret.display().to_string(),
+            "--auth-timeout-ms",
+            AUTH_TIMEOUT_MS,
+            "--auth-leeway-secs",
+            "0",
+        ]
+        .map(str::to_owned),
     );
     let server = start_server(&args)?;
     let base = server.url();
