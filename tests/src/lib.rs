@@ -307,6 +307,11 @@ impl Browser {
     /// Starts `chromedriver` on a free loopback port and a Chromium session through it.
     /// `name` labels logs, screenshots and errors.
     pub async fn launch(name: &str) -> Result<Self> {
+        Self::launch_with_args(name, &[]).await
+    }
+
+    /// Like [`launch`](Self::launch), with `extra_args` after [`CHROMIUM_ARGS`] (e.g. a certificate to trust).
+    pub async fn launch_with_args(name: &str, extra_args: &[String]) -> Result<Self> {
         let artifacts = artifacts_dir()?;
         let profile =
             std::env::temp_dir().join(format!("e2e-chromium-{}-{}", std::process::id(), unique()));
@@ -344,6 +349,7 @@ impl Browser {
 
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|arg| arg.to_string()).collect();
         args.push(format!("--user-data-dir={}", browser.profile.display()));
+        args.extend(extra_args.iter().cloned());
         let capabilities = json!({
             "browserName": "chrome",
             "goog:chromeOptions": { "binary": CHROMIUM_BINARY, "args": args },
@@ -640,4 +646,10 @@ pub async fn keep_failure_artifacts<T>(
         }
     }
     Err(anyhow!("{err:?}\n\nartifacts:\n{}", notes.join("\n")))
+}
+
+/// The `signaling` binary the tests run (`$E2E_SIGNALING_BIN` or `target/<profile>/signaling`), e.g. for its
+/// `token` subcommand.
+pub fn signaling_binary_path() -> Result<PathBuf> {
+    signaling_binary()
 }

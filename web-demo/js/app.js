@@ -6,6 +6,7 @@ import { Comparison } from './compare.js';
 import { createCompareView } from './compare-view.js';
 import { TRANSPORTS } from './transports.js';
 import { createUi, transportLabel } from './ui.js';
+import { UNAUTHORIZED_CLOSE, isAuthRefusal, joinTokenFrom, refusalNotice } from './access.js';
 
 const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
 const RENDER_INTERVAL_MS = 1000;
@@ -17,6 +18,9 @@ const probeEarly = new URLSearchParams(location.search).get('probe') === 'early'
 const relayOnly = new URLSearchParams(location.search).get('relay') === 'only';
 // `transport=ws|sse|longpoll|shortpoll`, in the fragment (like the room) or the query: use only that one.
 const forcedTransport = param('transport');
+// `?token=…` (or `#token=…`): the join token a server started with --auth-secret-file requires. A secret: it
+// goes to the server on every join and resume and nowhere else (not the page, not its state, not the console).
+const joinToken = joinTokenFrom(location.search, location.hash);
 // Filled in by the mesh; created here so `window.demo.timings` exists before the first join.
 const timings = { welcomeAt: null, openAt: {}, dcOpenAt: {} };
 
@@ -24,11 +28,16 @@ const timings = { welcomeAt: null, openAt: {}, dcOpenAt: {} };
 let session = null;
 let serverRttMs = null;
 let resumes = 0;
+/** The error code of a join the server refused for its token ("unauthorized", "token-expired"), or null. */
+let joinRefused = null;
 
 const ui = createUi({
   onJoin: (room) => {
-    // The address names the room, so it can be shared and reloaded.
-    history.replaceState(null, '', `#room=${encodeURIComponent(room)}`);
+    // The address names the room, so it can be shared and reloaded; the rest of the fragment (a forced
+    // transport, a join token) and the query stay.
+    const hash = new URLSearchParams(location.hash.slice(1));
+    hash.set('room', room);
+    history.replaceState(null, '', `#${hash}`);
     join(room);
   },
   onSend: (text) => sendChat(text),
@@ -79,6 +88,9 @@ function state() {
     forcedTransport: session?.forced ?? null,
     serverRttMs,
     resumes, // sessions resumed after a drop (`resumed` messages)
+    connections: session?.signaling.connections ?? 0, // connections tried: the server was asked this often
+    joinToken: joinToken !== null, // whether the page has one (never the token itself)
+    joinRefused,
     peers: session?.mesh.snapshot() ?? {},
     received: session ? [...session.mesh.received] : [],
     earlyReceived: session?.mesh.earlyReceived ?? 0,
@@ -97,7 +109,7 @@ function join(room) {
     if (Object.hasOwn(TRANSPORTS, forcedTransport)) forced = forcedTransport;
     else ui.notice(`Unknown transport "${forcedTransport}"; trying them all.`, { bad: true });
   }
-  const signaling = new SignalingClient(room, forced ? { transports: [forced] } : {});
+  const signaling = new SignalingClient(room, { ...(forced ? { transports: [forced] } : {}), joinToken });
   const mesh = new Mesh(signaling, { probeEarly, timings, relayOnly });
   const comparison = new Comparison(signaling, mesh);
   session = { room, signaling, mesh, comparison, forced };
@@ -134,9 +146,22 @@ function join(room) {
   signaling.addEventListener('gap', (e) => {
     ui.notice(`Signaling lost messages (expected #${e.detail.expected}, got #${e.detail.got}).`, { bad: true });
   });
-  signaling.addEventListener('error', (e) => ui.notice(`Server: ${e.detail.code}: ${e.detail.message}`, { bad: true }));
+  const refused = (code, message) => {
+    joinRefused = code;
+    ui.notice(refusalNotice({ code, message, hadToken: joinToken !== null, token: joinToken }), { bad: true });
+    render();
+  };
+  signaling.addEventListener('error', (e) => {
+    if (isAuthRefusal(e.detail.code)) refused(e.detail.code, e.detail.message);
+    else ui.notice(`Server: ${e.detail.code}: ${e.detail.message}`, { bad: true });
+  });
   signaling.addEventListener('disconnect', (e) => {
     const { code, reason, reconnectInMs } = e.detail;
+    // 4503 stops the client (4500–4999: not without a change); the refusal's notice stays up.
+    if (code === UNAUTHORIZED_CLOSE && reconnectInMs === null) {
+      if (joinRefused === null) refused('unauthorized', reason);
+      return;
+    }
     const why = `Signaling closed (${code}${reason ? ` ${reason}` : ''})`;
     if (reconnectInMs === null) ui.notice(`${why}.`, { bad: code !== 1000 });
     else if (reconnectInMs === 0) ui.notice(`${why}; resuming now. Peer connections stay up meanwhile.`, { bad: true });

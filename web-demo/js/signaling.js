@@ -38,6 +38,8 @@ function serverAskedToWait(code) {
 export class SignalingClient extends EventTarget {
   #room;
   #origin;
+  /** The join token (a secret): only ever handed to the transports, never logged or exposed. */
+  #joinToken;
   #order;
   #factories;
   #state = 'closed';
@@ -62,6 +64,8 @@ export class SignalingClient extends EventTarget {
   #attempt = 0;
   #connectTimer = null;
   #retryTimer = null;
+  /** Connections tried so far (every transport of every attempt): how often the server was asked to join. */
+  #connections = 0;
 
   #heartbeatTimer = null;
   #pongTimer = null;
@@ -70,13 +74,15 @@ export class SignalingClient extends EventTarget {
 
   /**
    * @param {string} room
-   * @param {{origin?: string, transports?: string[], factories?: object}} [options] origin defaults to this
-   *   page's (http or https); transports to ws, sse, longpoll (shortpoll is allowed when asked for);
+   * @param {{origin?: string, transports?: string[], joinToken?: string | null, factories?: object}} [options]
+   *   origin defaults to this page's (http or https); transports to ws, sse, longpoll (shortpoll is allowed
+   *   when asked for); joinToken is sent on every join and resume (servers that need none ignore it);
    *   factories (for tests) replaces transports.js's TRANSPORTS.
    */
-  constructor(room, { origin, transports, factories = TRANSPORTS } = {}) {
+  constructor(room, { origin, transports, joinToken = null, factories = TRANSPORTS } = {}) {
     super();
     this.#room = room;
+    this.#joinToken = joinToken || null;
     this.#origin = origin ?? location.origin;
     this.#factories = factories;
     const order = (transports ?? DEFAULT_ORDER).filter((t) => Object.hasOwn(factories, t));
@@ -94,6 +100,8 @@ export class SignalingClient extends EventTarget {
   get transports() { return [...this.#order]; }
   /** Client messages sent but not yet acknowledged by the server. */
   get unacked() { return this.#unacked.length; }
+  /** Connections tried so far, over every transport and attempt (a refused join must leave this at 1). */
+  get connections() { return this.#connections; }
 
   connect() {
     if (!this.#stopped) return;
@@ -165,10 +173,12 @@ export class SignalingClient extends EventTarget {
     this.#setState(this.#session ? 'reconnecting' : 'connecting');
     const conn = { kind, established: false, ready: false, sentUpTo: 0, transport: null };
     this.#conn = conn;
+    this.#connections += 1;
     const options = {
       origin: this.#origin,
       room: this.#room,
       resume: this.#session && { token: this.#session.token, after: this.#lastSeq },
+      joinToken: this.#joinToken,
       session: () => this.#session,
       after: () => this.#lastSeq,
       deadlineMs: () => this.#heartbeat.interval_ms + this.#heartbeat.timeout_ms,

@@ -15,6 +15,7 @@
 //   handlers.interrupted()               (SSE) the browser lost the stream and reconnects it by itself
 //
 // Options shared by all: `origin` (http(s)://host:port), `room`, `resume` ({token, after} or null),
+// `joinToken` (the join token the server may require, or null; sent as `?token=` on every join and resume URL),
 // `session()` (the current {token, url}, for POST and polls), `after()` (the last seq processed),
 // `deadlineMs()` (how long a request may take: heartbeat interval + timeout).
 
@@ -24,13 +25,33 @@ const SSE_NATIVE_RECONNECT_GRACE_MS = 3000;
 const SHORT_POLL_PAUSE_MS = 1000;
 
 const ROOMS = '/v1/rooms/';
+/** Poll answers whose body is a poll response (`messages`, maybe `close`): 200 and the refused joins. */
+const POLL_BODY_STATUSES = new Set([200, 400, 401, 409, 429, 503]);
 
 function roomPath(room, endpoint) {
   return `${ROOMS}${encodeURIComponent(room)}/${endpoint}`;
 }
 
-function resumeQuery(resume) {
-  return resume ? `?resume=${encodeURIComponent(resume.token)}&after=${resume.after}` : '';
+/**
+ * The URL that joins (or resumes) `room` over `endpoint` ('ws' | 'sse' | 'poll'). The scheme follows the
+ * origin's, so a page served over https uses wss:// and https:// (a browser refuses ws:// from an https page).
+ * The join token goes in the query because browsers cannot set headers on a WebSocket or an EventSource; it
+ * is on resumes too, since a resume that fails turns into a fresh join, which needs it.
+ * @param {string} origin http(s)://host:port
+ * @param {string} room
+ * @param {'ws'|'sse'|'poll'} endpoint
+ * @param {{resume?: {token: string, after: number} | null, joinToken?: string | null}} [extra]
+ * @returns {string}
+ */
+export function joinUrl(origin, room, endpoint, { resume = null, joinToken = null } = {}) {
+  const url = new URL(roomPath(room, endpoint), origin);
+  if (endpoint === 'ws') url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  if (resume) {
+    url.searchParams.set('resume', resume.token);
+    url.searchParams.set('after', String(resume.after));
+  }
+  if (joinToken) url.searchParams.set('token', joinToken);
+  return url.href;
 }
 
 function parse(text) {
@@ -76,9 +97,9 @@ export class WsTransport {
   #ws;
   #ending;
 
-  constructor({ origin, room, resume }, handlers) {
+  constructor({ origin, room, resume, joinToken }, handlers) {
     this.#ending = new Ending(handlers, () => {});
-    const url = `${origin.replace(/^http/, 'ws')}${roomPath(room, 'ws')}${resumeQuery(resume)}`;
+    const url = joinUrl(origin, room, 'ws', { resume, joinToken });
     try {
       this.#ws = new WebSocket(url);
     } catch (err) {
@@ -194,7 +215,7 @@ export class SseTransport {
   #grace = null;
 
   constructor(options, handlers) {
-    const { origin, room, resume } = options;
+    const { origin, room, resume, joinToken } = options;
     const ending = new Ending(handlers, () => {
       this.#poster.closed = true;
       clearTimeout(this.#grace);
@@ -202,7 +223,7 @@ export class SseTransport {
     });
     this.#ending = ending;
     this.#poster = new Poster(options, (why) => ending.end(failure(why)));
-    const es = new EventSource(`${origin}${roomPath(room, 'sse')}${resumeQuery(resume)}`);
+    const es = new EventSource(joinUrl(origin, room, 'sse', { resume, joinToken }));
     this.#es = es;
     es.onmessage = (ev) => {
       this.#received = true;
@@ -263,11 +284,11 @@ export class PollTransport {
 
   close() { this.#ending.close(); }
 
-  async #loop({ origin, room, resume, session, after, deadlineMs, short }) {
+  async #loop({ origin, room, resume, joinToken, session, after, deadlineMs, short }) {
     const ending = this.#ending;
     // The first poll joins (no token, answered with the welcome) or resumes (`?resume=&after=`, answered at
     // once with the missed messages and `resumed`); the next ones poll the session with its bearer token.
-    let url = new URL(`${roomPath(room, 'poll')}${resumeQuery(resume)}`, origin);
+    let url = new URL(joinUrl(origin, room, 'poll', { resume, joinToken }));
     let headers = {};
     while (!ending.done) {
       let res;
@@ -275,8 +296,10 @@ export class PollTransport {
       try {
         const signal = AbortSignal.any([this.#abort.signal, AbortSignal.timeout(deadlineMs())]);
         res = await fetch(url, { headers, cache: 'no-store', signal });
-        // 400 bad room, 409 room full, 503 shutting down carry the `error` and the `close`.
-        if (res.status === 200 || res.status === 400 || res.status === 409 || res.status === 503) body = await res.json();
+        // A refused join carries the `error` and the `close`: 400 bad room, 401 no valid join token, 409 room
+        // full, 429 too many joins, 503 shutting down or full. Without reading it a 401 would look like a
+        // network failure and be retried forever.
+        if (POLL_BODY_STATUSES.has(res.status)) body = await res.json();
       } catch (err) {
         ending.end(failure(`poll failed (${err.name})`));
         return;
