@@ -38,8 +38,9 @@ pub struct AuthFlags {
     pub auth_leeway_secs: u64,
 
     /// How long a WebSocket may take to send its `auth` message (when its URL had no token) before it is
-    /// closed with 4503, in milliseconds.
-    #[arg(long, env = "SIGNALING_AUTH_TIMEOUT_MS", default_value_t = 5_000)]
+    /// closed with 4503, in milliseconds. Clients send it as soon as the socket opens; the default stays below
+    /// the web demo's 5 s connect timeout, so a page without a token learns why before it tries another transport.
+    #[arg(long, env = "SIGNALING_AUTH_TIMEOUT_MS", default_value_t = 3_000)]
     pub auth_timeout_ms: u64,
 
     /// Which browser origins may connect (WebSocket, SSE) and get CORS headers (POST, poll).
@@ -241,7 +242,7 @@ pub struct Gate {
 impl Default for Gate {
     /// No tokens, the default origin rules.
     fn default() -> Self {
-        Gate { verifier: None, timeout: Duration::from_millis(5_000), origins: Arc::default() }
+        Gate { verifier: None, timeout: Duration::from_millis(3_000), origins: Arc::default() }
     }
 }
 
