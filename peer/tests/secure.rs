@@ -109,6 +109,12 @@ struct Server {
 
 impl Server {
     fn start(dir: &Scratch, args: &[&str]) -> Server {
+        Server::start_at(dir, "127.0.0.1:0", args)
+    }
+
+    /// Like [`Server::start`], on `listen`: the address of a server that was killed, to bring one back where
+    /// its clients reconnect.
+    fn start_at(dir: &Scratch, listen: &str, args: &[&str]) -> Server {
         let mut cmd = Command::new(signaling_binary());
         for (k, _) in std::env::vars() {
             if k.starts_with("SIGNALING_") {
@@ -116,7 +122,7 @@ impl Server {
             }
         }
         let mut child = cmd
-            .args(["--listen", "127.0.0.1:0", "--stun-listen", "127.0.0.1:0", "--tls-cert"])
+            .args(["--listen", listen, "--stun-listen", "127.0.0.1:0", "--tls-cert"])
             .arg(dir.path("cert.pem"))
             .arg("--tls-key")
             .arg(dir.path("key.pem"))
@@ -144,6 +150,11 @@ impl Server {
         let url = line.trim().strip_prefix("signaling listening on ").expect("the listening line").to_owned();
         assert!(url.starts_with("https://"), "{url}");
         Server { child, url }
+    }
+
+    /// `127.0.0.1:PORT`.
+    fn addr(&self) -> String {
+        self.url.trim_start_matches("https://").to_owned()
     }
 
     /// `wss://127.0.0.1:PORT`.
@@ -351,6 +362,70 @@ async fn missing_wrong_room_forged_and_expired_tokens_are_refused_in_bounded_tim
     let (e, _) = connect_fails(config(&server.url, "refused-room", &default, Some(&ca), Some("a b\nc"))).await;
     assert_eq!(e.code(), "invalid-token", "{e}");
     assert!(!e.to_string().contains("a b"), "{e}");
+}
+
+/// After `server` is killed, brings one back on its address with `dir`'s certificate and `args`, and returns
+/// the signaling events `ev` reports until the session ends (bounded by [`WAIT`]).
+async fn restart_and_collect_until_closed(
+    server: Server,
+    dir: &Scratch,
+    args: &[&str],
+    ev: &mut mpsc::Receiver<Event>,
+) -> (Server, Vec<Event>, Option<u16>) {
+    let addr = server.addr();
+    drop(server);
+    let back = Server::start_at(dir, &addr, args);
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let code = wait_for(ev, "the signaling session to end", |e| {
+        seen.push(e.clone());
+        match e {
+            Event::SignalingClosed { code } => Some(*code),
+            _ => None,
+        }
+    })
+    .await;
+    eprintln!("server back → session ended ({code:?}) after {:?}; events {seen:?}", started.elapsed());
+    (back, seen, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_back_with_an_unverifiable_certificate_ends_the_session_instead_of_looping() {
+    let dir = Scratch::new("reconnect-tls");
+    make_pki(&dir);
+    let impostor = Scratch::new("reconnect-tls-impostor");
+    make_pki(&impostor);
+    let server = Server::start(&dir, &[]);
+    let ca = dir.path("ca.pem");
+    let (p, mut ev) = connect(config(&server.url, "reconnect-room", &[Transport::Ws], Some(&ca), None)).await;
+    let (_back, seen, code) = restart_and_collect_until_closed(server, &impostor, &[], &mut ev).await;
+    assert_eq!(code, None);
+    assert!(!seen.iter().any(|e| matches!(e, Event::SignalingReconnected { .. })), "{seen:?}");
+    p.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_expired_by_reconnect_time_ends_the_session_with_4503() {
+    let dir = Scratch::new("reconnect-token");
+    make_pki(&dir);
+    let secret = make_secret(&dir);
+    let secret_arg = secret.to_str().unwrap().to_owned();
+    let args = ["--auth-secret-file", &secret_arg, "--auth-leeway-secs", "0"];
+    let server = Server::start(&dir, &args);
+    let ca = dir.path("ca.pem");
+    let token = mint(&secret, "reconnect-room", &["--ttl", "2"]);
+    let (p, mut ev) =
+        connect(config(&server.url, "reconnect-room", &[Transport::Ws], Some(&ca), Some(&token))).await;
+    // Expired now; the restarted server has no session to resume, so the resume becomes a join that needs it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_back, seen, code) = restart_and_collect_until_closed(server, &dir, &args, &mut ev).await;
+    assert_eq!(code, Some(4503));
+    assert!(
+        seen.iter().any(|e| matches!(e, Event::Error(Error::Refused { code: ErrorCode::TokenExpired, .. }))),
+        "{seen:?}"
+    );
+    assert!(!seen.iter().any(|e| matches!(e, Event::SignalingReconnected { .. })), "{seen:?}");
+    p.close().await;
 }
 
 /// A `peer` CLI child; killed on drop.
