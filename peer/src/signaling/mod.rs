@@ -711,6 +711,26 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_checked_and_encoded_without_being_shown() {
+        assert_eq!(percent_encode("a.B-c_~9"), "a.B-c_~9");
+        assert_eq!(percent_encode("a+b/c=?&"), "a%2Bb%2Fc%3D%3F%26");
+        for bad in ["", "a b", "a\nb", "é"] {
+            let e = check_token(&Secret(bad.into())).unwrap_err();
+            assert_eq!(e.code(), "invalid-token");
+            assert!(bad.is_empty() || !e.to_string().contains(bad), "{e}");
+        }
+        assert!(check_token(&Secret("h.p.s".into())).is_ok());
+        let dial = |t: Option<&str>| Dial {
+            tls: crate::tls::client_config(&TlsOptions::default()).unwrap(),
+            token: t.map(|t| Secret(t.into())),
+        };
+        assert_eq!(dial(None).token_param(), "");
+        assert_eq!(dial(Some("x.y")).token_param(), "&token=x.y");
+        assert!(dial(Some("x.y")).bearer().unwrap().is_sensitive());
+        assert!(dial(None).bearer().is_none());
+    }
+
+    #[test]
     fn transports_parse_from_their_names() {
         for t in [Transport::Ws, Transport::Sse, Transport::LongPoll, Transport::ShortPoll] {
             assert_eq!(t.as_str().parse::<Transport>().unwrap(), t);
