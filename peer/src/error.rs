@@ -14,6 +14,27 @@ pub enum Error {
     /// The server could not be reached or did not welcome us.
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The CA file given to trust (`TlsOptions::ca_file`, `--ca-file`) cannot be read or holds no usable
+    /// certificate.
+    #[error("bad CA file {path}: {detail}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The server's TLS certificate did not verify against the trusted roots (unknown issuer, expired, wrong
+    /// host name, ...). Not retried: every transport reaches the same server with the same certificate.
+    #[error("the TLS certificate of {server} does not verify: {reason}")]
+    TlsVerify {
+        /// The server (scheme, host and port only).
+        server: String,
+        /// Why it did not verify.
+        reason: String,
+    },
+    /// The join token cannot be sent (empty, or characters outside visible ASCII). Its value is never shown.
+    #[error("invalid join token: {0}")]
+    InvalidToken(&'static str),
     /// The server refused the session (`bad-room`, `room-full`, ...).
     #[error("server refused: {code}: {message}")]
     Refused {
@@ -81,6 +102,9 @@ impl Error {
             Error::InvalidUrl(_) => "invalid-url",
             Error::BadRoom(_) => "bad-room",
             Error::Connect(_) => "connect-failed",
+            Error::CaFile { .. } => "bad-ca-file",
+            Error::TlsVerify { .. } => "tls-verify-failed",
+            Error::InvalidToken(_) => "invalid-token",
             Error::Refused { code, .. } => code.as_str(),
             Error::Protocol(_) => "protocol-violation",
             Error::SignalingClosed => "signaling-closed",

@@ -3,8 +3,10 @@
 
 use crate::error::Error;
 use protocol::{IceConfig, IceServer};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use turn_config::url::IceUrl;
 
 /// Refresh when this fraction of a credential's remaining lifetime has passed.
@@ -52,39 +54,44 @@ pub fn refresh_after(servers: &[IceServer], now: SystemTime) -> Option<Duration>
     Some(left.mul_f64(REFRESH_AT).max(MIN_REFRESH))
 }
 
-/// Fetches fresh ICE servers from `GET /v1/ice?peer_id=…` on the signaling server (`http://` or `ws://`;
-/// like the signaling client, this build has no TLS).
-pub async fn fetch(server: &str, peer_id: &str) -> Result<Vec<IceServer>, Error> {
+/// Fetches fresh ICE servers from `GET /v1/ice?peer_id=…` on the signaling server (`http(s)://` or
+/// `ws(s)://`), verifying an `https://` server with `tls` like the signaling transports do.
+pub async fn fetch(server: &str, peer_id: &str, tls: &Arc<rustls::ClientConfig>) -> Result<Vec<IceServer>, Error> {
     let base = server.trim_end_matches('/');
-    let hostport = base
-        .strip_prefix("http://")
-        .or_else(|| base.strip_prefix("ws://"))
-        .ok_or_else(|| Error::InvalidUrl(server.to_owned()))?;
-    let hostport = hostport.split('/').next().unwrap_or(hostport);
-    let request = format!(
-        "GET /v1/ice?peer_id={peer_id} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
-    );
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(hostport).await?;
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.take(MAX_RESPONSE as u64).read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(response)
+    let base = if let Some(rest) = base.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else if let Some(rest) = base.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else if base.starts_with("http://") || base.starts_with("https://") {
+        base.to_owned()
+    } else {
+        return Err(Error::InvalidUrl(server.to_owned()));
     };
-    let response = tokio::time::timeout(FETCH_TIMEOUT, exchange)
+    let url = format!("{base}/v1/ice?peer_id={peer_id}");
+    let shown = crate::tls::origin_of(&url).to_owned();
+    let client = crate::signaling::http::client(tls);
+    let req = hyper::Request::get(&url)
+        .header("accept", "application/json")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| Error::Connect(format!("GET /v1/ice on {shown}: {e}")))?;
+    let exchange = async {
+        let res = client.request(req).await.map_err(|e| crate::signaling::http::request_error(&url, &e))?;
+        let status = res.status();
+        let body = Limited::new(res.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| Error::Protocol(format!("GET /v1/ice on {shown}: {e}")))?
+            .to_bytes();
+        Ok::<_, Error>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(FETCH_TIMEOUT, exchange)
         .await
-        .map_err(|_| Error::Connect(format!("GET /v1/ice on {hostport}: timed out")))?
-        .map_err(|e| Error::Connect(format!("GET /v1/ice on {hostport}: {e}")))?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| Error::Protocol("GET /v1/ice: no complete HTTP response".into()))?;
-    let status = head.split_whitespace().nth(1).unwrap_or_default();
-    if status != "200" {
-        return Err(Error::Protocol(format!("GET /v1/ice answered {status}: {body}")));
+        .map_err(|_| Error::Connect(format!("GET /v1/ice on {shown}: timed out")))??;
+    if status != hyper::StatusCode::OK {
+        return Err(Error::Protocol(format!("GET /v1/ice answered {status}: {}", String::from_utf8_lossy(&body))));
     }
     let config: IceConfig =
-        serde_json::from_str(body).map_err(|e| Error::Protocol(format!("GET /v1/ice: bad body: {e}")))?;
+        serde_json::from_slice(&body).map_err(|e| Error::Protocol(format!("GET /v1/ice: bad body: {e}")))?;
     Ok(config.ice_servers)
 }
 

@@ -24,7 +24,9 @@ pub mod ice;
 mod node;
 mod rtc;
 pub mod signaling;
+pub mod tls;
 
 pub use error::Error;
 pub use node::{ChannelOptions, Event, Payload, Peer, PeerConfig};
 pub use rtc::SEND_BUFFER_LIMIT;
+pub use tls::TlsOptions;

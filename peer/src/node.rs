@@ -50,7 +50,8 @@ impl ChannelOptions {
 /// What a [`Peer`] is told to do.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
-    /// The signaling server, `http://host:port` or `ws://host:port`.
+    /// The signaling server: `http://`, `https://`, `ws://` or `wss://` and `host:port` (TLS settings and the join
+    /// token are in [`PeerConfig::signaling`]).
     pub server: String,
     /// The room to join.
     pub room: String,
@@ -68,7 +69,8 @@ pub struct PeerConfig {
     /// ICE servers to use instead of the ones the server hands out (which are refreshed before their
     /// credentials expire; these are used as they are).
     pub ice_servers: Option<Vec<protocol::IceServer>>,
-    /// Transports to try (WebSocket, SSE, long polling by default), reconnect backoff, timeouts.
+    /// Transports to try (WebSocket, SSE, long polling by default), reconnect backoff, timeouts, TLS trust and
+    /// the join token.
     pub signaling: SignalingOptions,
 }
 
@@ -198,8 +200,9 @@ enum Command {
 impl Peer {
     /// Joins the room and starts negotiating with everyone in it.
     pub async fn connect(cfg: PeerConfig) -> Result<(Peer, mpsc::Receiver<Event>), Error> {
+        let tls = crate::tls::client_config(&cfg.signaling.tls)?;
         let (welcome, sender, sig_rx) =
-            signaling::connect_with(&cfg.server, &cfg.room, cfg.signaling.clone()).await?;
+            signaling::connect_with_tls(&cfg.server, &cfg.room, cfg.signaling.clone(), tls.clone()).await?;
         let id = Arc::new(Mutex::new(welcome.peer_id.clone()));
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
@@ -214,7 +217,7 @@ impl Peer {
         // Server-provided TURN credentials expire: fetch fresh ones before they do.
         let (ice_tx, ice_rx) = mpsc::channel(1);
         let refresher = cfg.ice_servers.is_none().then(|| {
-            tokio::spawn(refresh_ice_servers(cfg.server.clone(), welcome.peer_id.clone(), settings.ice_servers.clone(), ice_tx))
+            tokio::spawn(refresh_ice_servers(cfg.server.clone(), tls, welcome.peer_id.clone(), settings.ice_servers.clone(), ice_tx))
         });
         let actor = Actor {
             me: welcome.peer_id.clone(),
@@ -813,13 +816,14 @@ impl Actor {
 /// long as the actor takes them. A failed fetch is retried (sooner as the expiry nears, never busy).
 async fn refresh_ice_servers(
     server: String,
+    tls: std::sync::Arc<rustls::ClientConfig>,
     peer_id: PeerId,
     mut current: Vec<protocol::IceServer>,
     tx: mpsc::Sender<Vec<protocol::IceServer>>,
 ) {
     while let Some(delay) = crate::ice::refresh_after(&current, std::time::SystemTime::now()) {
         tokio::time::sleep(delay).await;
-        match crate::ice::fetch(&server, &peer_id).await {
+        match crate::ice::fetch(&server, &peer_id, &tls).await {
             Ok(fresh) => {
                 current = fresh.clone();
                 if tx.send(fresh).await.is_err() {

@@ -1,46 +1,79 @@
 //! The HTTP transports of the signaling client: an SSE stream or a long-polling loop for server messages, and
-//! in-order `POST`s for client messages. Plain `http://` only (see `docs/peer.md`).
+//! in-order `POST`s for client messages, over `http://` or `https://` (the shared rustls config of `crate::tls`).
 
-use super::{Incoming, Link, Start, Transport};
+use super::{Dial, Incoming, Link, Start, Transport};
 use crate::error::Error;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use protocol::{CloseCode, PollResponse, ServerEnvelope};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-pub(super) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// How long one `POST` may take before the connection is considered dead.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn client() -> HttpClient {
+/// An HTTP/1.1 client for `http://` and `https://` URLs, verifying servers with `tls`.
+pub(crate) fn client(tls: &std::sync::Arc<rustls::ClientConfig>) -> HttpClient {
     let mut connector = HttpConnector::new();
     // Signaling messages are small and latency-bound.
     connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
+    // The TLS layer above takes https:// URLs; this one only opens the TCP connection.
+    connector.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.as_ref().clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Client::builder(TokioExecutor::new()).build(https)
 }
 
-/// Opens an SSE stream on `base` (`http://host:port`) for `room`.
-pub(super) async fn open_sse(base: &str, room: &str, start: &Start) -> Result<Link, Error> {
+/// `url` without its query (which may hold a session or join token), for messages.
+pub(crate) fn shown(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(path, _)| path)
+}
+
+/// The error for a failed request to `url`: [`Error::TlsVerify`] if the certificate did not verify.
+pub(crate) fn request_error(url: &str, e: &hyper_util::client::legacy::Error) -> Error {
+    crate::tls::verify_failure(e, crate::tls::origin_of(url))
+        .unwrap_or_else(|| Error::Connect(format!("{}: {}", shown(url), describe(e))))
+}
+
+/// hyper-util's `Display` is only "client error (Connect)": add the innermost cause.
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// Opens an SSE stream on `base` (`http(s)://host:port`) for `room`, with the join token, if any, as
+/// `Authorization: Bearer`.
+pub(super) async fn open_sse(base: &str, room: &str, start: &Start, dial: &Dial) -> Result<Link, Error> {
     let url = format!("{base}/v1/rooms/{room}/sse{}", start.query());
-    let client = client();
-    let req = Request::get(&url)
-        .header("accept", "text/event-stream")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| Error::Connect(format!("{url}: {e}")))?;
-    let res = client.request(req).await.map_err(|e| Error::Connect(format!("{url}: {e}")))?;
+    let client = client(&dial.tls);
+    let mut req = Request::get(&url).header("accept", "text/event-stream");
+    if let Some(bearer) = dial.bearer() {
+        req = req.header(hyper::header::AUTHORIZATION, bearer);
+    }
+    let req = req.body(Full::new(Bytes::new())).map_err(|e| Error::Connect(format!("{}: {e}", shown(&url))))?;
+    let res = client.request(req).await.map_err(|e| request_error(&url, &e))?;
     let is_stream = res
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if res.status() != StatusCode::OK || !is_stream {
-        return Err(Error::Connect(format!("{url}: HTTP {} without an event stream", res.status())));
+        return Err(Error::Connect(format!("{}: HTTP {} without an event stream", shown(&url), res.status())));
     }
     let (in_tx, in_rx) = mpsc::channel(256);
     let in_tx_for_link = in_tx.clone();
@@ -79,18 +112,33 @@ pub(super) async fn open_sse(base: &str, room: &str, start: &Start) -> Result<Li
     Ok(Link::http(Transport::Sse, in_tx_for_link, in_rx, base, client, vec![reader]))
 }
 
-/// Starts polling `room` on `base`: `wait` is how long the server may hold a poll (zero: short polling, with
-/// `interval` between polls).
+/// How a polling link polls.
+pub(super) struct PollSettings {
+    /// How long the server may hold a poll (`Some(ZERO)`: short polling; `None`: the server's default).
+    pub wait: Option<Duration>,
+    /// The time between short polls.
+    pub interval: Duration,
+    /// How long one poll may take before the link is considered dead.
+    pub give_up_after: Duration,
+}
+
+/// Starts polling `room` on `base`. The join token, if any, goes as the `token` query parameter of the first
+/// poll (the one that joins or resumes): on polling, `Authorization` carries the session token.
 pub(super) async fn open_poll(
     base: &str,
     room: &str,
     start: &Start,
-    wait: Option<Duration>,
-    interval: Duration,
-    give_up_after: Duration,
+    dial: &Dial,
+    settings: PollSettings,
 ) -> Result<Link, Error> {
-    let client = client();
-    let first_url = format!("{base}/v1/rooms/{room}/poll{}", start.query());
+    let PollSettings { wait, interval, give_up_after } = settings;
+    let client = client(&dial.tls);
+    let query = match (start.query(), dial.token_param()) {
+        (q, t) if t.is_empty() => q,
+        (q, t) if q.is_empty() => format!("?{}", &t[1..]),
+        (q, t) => format!("{q}{t}"),
+    };
+    let first_url = format!("{base}/v1/rooms/{room}/poll{query}");
     // The first poll answers at once (join or resume): its failure is a failure to connect.
     let first = poll_once(&client, &first_url, None, give_up_after).await?;
     let (in_tx, in_rx) = mpsc::channel(256);
@@ -150,16 +198,17 @@ async fn poll_once(client: &HttpClient, url: &str, token: Option<&str>, limit: D
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let req = req.body(Full::new(Bytes::new())).map_err(|e| Error::Connect(format!("{url}: {e}")))?;
+    let shown = shown(url);
+    let req = req.body(Full::new(Bytes::new())).map_err(|e| Error::Connect(format!("{shown}: {e}")))?;
     let fetch = async {
-        let res = client.request(req).await.map_err(|e| Error::Connect(format!("{url}: {e}")))?;
+        let res = client.request(req).await.map_err(|e| request_error(url, &e))?;
         let status = res.status();
-        let body = res.into_body().collect().await.map_err(|e| Error::Connect(format!("{url}: {e}")))?.to_bytes();
+        let body = res.into_body().collect().await.map_err(|e| Error::Connect(format!("{shown}: {e}")))?.to_bytes();
         let parsed: PollResponse = serde_json::from_slice(&body)
-            .map_err(|e| Error::Connect(format!("{url}: HTTP {status}, not a poll response: {e}")))?;
+            .map_err(|e| Error::Connect(format!("{shown}: HTTP {status}, not a poll response: {e}")))?;
         Ok(parsed)
     };
-    tokio::time::timeout(limit, fetch).await.map_err(|_| Error::Connect(format!("{url}: timed out")))?
+    tokio::time::timeout(limit, fetch).await.map_err(|_| Error::Connect(format!("{shown}: timed out")))?
 }
 
 /// Sends client messages by `POST`, one at a time and in order (the server drops a `cseq` below one it has

@@ -9,15 +9,17 @@
 //! messages are in `seq` order with no gaps and no duplicates.
 
 mod backoff;
-mod http;
+pub(crate) mod http;
 mod ws;
 
 pub use backoff::Backoff;
 
 use crate::error::Error;
+use crate::tls::TlsOptions;
 use rand::SeedableRng;
-use protocol::{ClientEnvelope, ClientMessage, CloseCode, ServerEnvelope, ServerMessage, SessionInfo, Welcome};
+use protocol::{ClientEnvelope, ClientMessage, CloseCode, Secret, ServerEnvelope, ServerMessage, SessionInfo, Welcome};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -82,6 +84,13 @@ pub struct SignalingOptions {
     pub connect_timeout: Duration,
     /// Time between polls for [`Transport::ShortPoll`].
     pub short_poll_interval: Duration,
+    /// Which `https://`/`wss://` servers to trust: the built-in roots plus an optional CA file.
+    pub tls: TlsOptions,
+    /// The join token, for a server that requires one (`--auth-secret-file` / `--auth-public-key`). Sent on
+    /// every join and resume (a resume the server cannot honour becomes a join): `Authorization: Bearer` on
+    /// WebSocket and SSE, the `token` query parameter on polling (whose `Authorization` carries the session
+    /// token). Never logged; `Debug` shows it redacted.
+    pub token: Option<Secret>,
 }
 
 impl Default for SignalingOptions {
@@ -91,6 +100,8 @@ impl Default for SignalingOptions {
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(5),
             short_poll_interval: Duration::from_secs(1),
+            tls: TlsOptions::default(),
+            token: None,
         }
     }
 }
@@ -162,6 +173,57 @@ fn bases(server: &str) -> Result<(String, String), Error> {
 pub fn room_url(server: &str, room: &str) -> Result<String, Error> {
     protocol::validate_room(room).map_err(Error::BadRoom)?;
     Ok(format!("{}/v1/rooms/{room}/ws", bases(server)?.1))
+}
+
+/// What every connection attempt needs besides its [`Start`]: the TLS configuration shared by all transports,
+/// and the join token.
+#[derive(Clone)]
+struct Dial {
+    tls: Arc<rustls::ClientConfig>,
+    token: Option<Secret>,
+}
+
+impl Dial {
+    /// `Bearer <join token>`, marked sensitive so hyper never shows it.
+    fn bearer(&self) -> Option<hyper::header::HeaderValue> {
+        let token = self.token.as_ref()?;
+        // Checked in `connect_with`, so this cannot fail; `None` rather than a panic all the same.
+        let mut value = hyper::header::HeaderValue::from_str(&format!("Bearer {}", token.0)).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+
+    /// `&token=…` to append to a query string that already has a `?` (empty without a token).
+    fn token_param(&self) -> String {
+        match &self.token {
+            Some(t) => format!("&token={}", percent_encode(&t.0)),
+            None => String::new(),
+        }
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (a JWT is all unreserved, so it goes as is).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Checks that `token` can go into a header and a URL: visible ASCII, not empty. The message never shows it.
+fn check_token(token: &Secret) -> Result<(), Error> {
+    if token.0.is_empty() {
+        return Err(Error::InvalidToken("it is empty"));
+    }
+    if !token.0.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::InvalidToken("only visible ASCII characters are allowed (no spaces or line breaks)"));
+    }
+    Ok(())
 }
 
 /// How a connection starts.
@@ -259,14 +321,31 @@ pub async fn connect_with(
     room: &str,
     opts: SignalingOptions,
 ) -> Result<(Welcome, SignalingSender, mpsc::Receiver<SignalingEvent>), Error> {
+    let tls = crate::tls::client_config(&opts.tls)?;
+    connect_with_tls(server, room, opts, tls).await
+}
+
+/// [`connect_with`] with the TLS configuration already built from `opts.tls` (a [`crate::Peer`] shares it
+/// with its ICE-server refresh).
+pub(crate) async fn connect_with_tls(
+    server: &str,
+    room: &str,
+    opts: SignalingOptions,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<(Welcome, SignalingSender, mpsc::Receiver<SignalingEvent>), Error> {
     protocol::validate_room(room).map_err(Error::BadRoom)?;
     if opts.transports.is_empty() {
         return Err(Error::Connect("no transport to try".into()));
     }
     let (http_base, ws_base) = bases(server)?;
+    if let Some(t) = &opts.token {
+        check_token(t)?;
+    }
+    let dial = Dial { tls, token: opts.token.clone() };
     let mut sup = Supervisor {
         http_base,
         ws_base,
+        dial,
         room: room.to_owned(),
         opts,
         session: None,
@@ -301,6 +380,7 @@ pub async fn connect_with(
 struct Supervisor {
     http_base: String,
     ws_base: String,
+    dial: Dial,
     room: String,
     opts: SignalingOptions,
     session: Option<SessionInfo>,
@@ -337,19 +417,21 @@ impl Supervisor {
         self.unacked.clear();
     }
 
-    /// Tries each transport once, in order, with no delay; returns the first that yields a message.
+    /// Tries each transport once, in order, with no delay; returns the first that yields a message. A
+    /// certificate that does not verify ends the round at once: the other transports reach the same server.
     async fn open_any(&mut self, start: &Start) -> Result<(Link, ServerEnvelope), Error> {
         let mut errors = Vec::new();
         for &kind in &self.opts.transports.clone() {
             let attempt = async {
+                let dial = &self.dial;
                 let mut link = match kind {
-                    Transport::Ws => ws::open(&self.ws_base, &self.room, start).await?,
-                    Transport::Sse => http::open_sse(&self.http_base, &self.room, start).await?,
+                    Transport::Ws => ws::open(&self.ws_base, &self.room, start, dial).await?,
+                    Transport::Sse => http::open_sse(&self.http_base, &self.room, start, dial).await?,
                     Transport::LongPoll | Transport::ShortPoll => {
                         let wait = (kind == Transport::ShortPoll).then_some(Duration::ZERO);
                         let limit = self.interval + self.timeout;
-                        http::open_poll(&self.http_base, &self.room, start, wait, self.opts.short_poll_interval, limit)
-                            .await?
+                        let poll = http::PollSettings { wait, interval: self.opts.short_poll_interval, give_up_after: limit };
+                        http::open_poll(&self.http_base, &self.room, start, dial, poll).await?
                     }
                 };
                 match link.rx.recv().await {
@@ -360,6 +442,10 @@ impl Supervisor {
             };
             match tokio::time::timeout(self.opts.connect_timeout, attempt).await {
                 Ok(Ok(ok)) => return Ok(ok),
+                Ok(Err(e @ Error::TlsVerify { .. })) => {
+                    tracing::error!(transport = %kind, error = %e, "TLS certificate verification failed");
+                    return Err(e);
+                }
                 Ok(Err(e)) => errors.push(e.to_string()),
                 Err(_) => errors.push(format!("{kind}: no message within {:?}", self.opts.connect_timeout)),
             }
@@ -404,7 +490,9 @@ impl Supervisor {
         }
     }
 
-    /// Reconnects (resuming if it can) until it succeeds; `None` if the user dropped every handle meanwhile.
+    /// Reconnects (resuming if it can) until it succeeds; `None` if the user dropped every handle meanwhile, or
+    /// the session ended for good (a certificate that does not verify, a refusal with a final close code:
+    /// [`SignalingEvent::Closed`] was sent).
     async fn reconnect(&mut self, backoff_first: bool, in_tx: &mpsc::Sender<SignalingEvent>) -> Option<Link> {
         let mut attempt = 0u32;
         if backoff_first {
@@ -422,6 +510,28 @@ impl Supervisor {
                 None => Start::Join,
             };
             match self.open_any(&start).await {
+                // A refusal is the whole conversation, so its seq is 1; a replayed `error` of a resumed
+                // session always comes after the welcome (seq 1) and is delivered like any message.
+                Ok((mut link, first)) if first.seq <= 1 && matches!(first.msg, ServerMessage::Error { .. }) => {
+                    // A refused resume or join (e.g. `unauthorized` once the join token has expired, or
+                    // `rate-limited`): not a reconnect. The close that follows says whether to try again.
+                    if let ServerMessage::Error { code, .. } = &first.msg {
+                        tracing::warn!(code = code.as_str(), "the server refused the reconnect");
+                    }
+                    let close = match tokio::time::timeout(self.opts.connect_timeout, link.rx.recv()).await {
+                        Ok(Some(Incoming::Close(c))) => Some(c),
+                        _ => None,
+                    };
+                    drop(link);
+                    if let Some(c) = close.filter(|c| !CloseCode::should_reconnect(*c)) {
+                        let _ = in_tx.send(SignalingEvent::Message(first.msg)).await;
+                        let _ = in_tx.send(SignalingEvent::Closed { code: Some(c), reconnect: false }).await;
+                        return None;
+                    }
+                    let d = self.next_delay(attempt);
+                    attempt += 1;
+                    tokio::time::sleep(d).await;
+                }
                 Ok((link, first)) => {
                     let resumed = !matches!(first.msg, ServerMessage::Welcome(_));
                     self.awaiting_resumed = resumed;
@@ -432,6 +542,13 @@ impl Supervisor {
                     }
                     let _ = in_tx.send(SignalingEvent::Reconnected { transport: link.kind, resumed }).await;
                     return Some(link);
+                }
+                Err(e @ Error::TlsVerify { .. }) => {
+                    // Retrying cannot help until someone changes the certificate or the trust: end the session
+                    // (the error was logged by `open_any`).
+                    tracing::error!(error = %e, "signaling session ended: the server's certificate does not verify");
+                    let _ = in_tx.send(SignalingEvent::Closed { code: None, reconnect: false }).await;
+                    return None;
                 }
                 Err(e) => {
                     let d = self.next_delay(attempt);
@@ -591,6 +708,26 @@ mod tests {
         assert!(matches!(room_url("ftp://h", "r"), Err(Error::InvalidUrl(_))));
         assert!(matches!(room_url("http://h", "a/b"), Err(Error::BadRoom(_))));
         assert_eq!(bases("ws://h:1/").unwrap(), ("http://h:1".into(), "ws://h:1".into()));
+    }
+
+    #[test]
+    fn tokens_are_checked_and_encoded_without_being_shown() {
+        assert_eq!(percent_encode("a.B-c_~9"), "a.B-c_~9");
+        assert_eq!(percent_encode("a+b/c=?&"), "a%2Bb%2Fc%3D%3F%26");
+        for bad in ["", "a b", "a\nb", "é"] {
+            let e = check_token(&Secret(bad.into())).unwrap_err();
+            assert_eq!(e.code(), "invalid-token");
+            assert!(bad.is_empty() || !e.to_string().contains(bad), "{e}");
+        }
+        assert!(check_token(&Secret("h.p.s".into())).is_ok());
+        let dial = |t: Option<&str>| Dial {
+            tls: crate::tls::client_config(&TlsOptions::default()).unwrap(),
+            token: t.map(|t| Secret(t.into())),
+        };
+        assert_eq!(dial(None).token_param(), "");
+        assert_eq!(dial(Some("x.y")).token_param(), "&token=x.y");
+        assert!(dial(Some("x.y")).bearer().unwrap().is_sensitive());
+        assert!(dial(None).bearer().is_none());
     }
 
     #[test]

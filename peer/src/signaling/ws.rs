@@ -1,19 +1,32 @@
 //! The WebSocket transport of the signaling client.
 
-use super::{Incoming, Link, Start, Transport};
+use super::{Dial, Incoming, Link, Start, Transport};
 use crate::error::Error;
 use futures_util::{SinkExt, StreamExt};
 use protocol::ServerEnvelope;
 use tokio::sync::mpsc;
+use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-/// Opens `GET {base}/v1/rooms/{room}/ws` (`base` is `ws://host:port`).
-pub(super) async fn open(base: &str, room: &str, start: &Start) -> Result<Link, Error> {
+/// Opens `GET {base}/v1/rooms/{room}/ws` (`base` is `ws://host:port` or `wss://host:port`), with the join
+/// token, if any, as `Authorization: Bearer` (not in the URL, which proxies log).
+pub(super) async fn open(base: &str, room: &str, start: &Start, dial: &Dial) -> Result<Link, Error> {
     let url = format!("{base}/v1/rooms/{room}/ws{}", start.query());
+    // The error messages name the path only: the query may hold the session token.
+    let shown = format!("{base}/v1/rooms/{room}/ws");
+    let mut request = url.as_str().into_client_request().map_err(|e| Error::Connect(format!("{shown}: {e}")))?;
+    if let Some(bearer) = dial.bearer() {
+        request.headers_mut().insert(hyper::header::AUTHORIZATION, bearer);
+    }
+    let connector = Connector::Rustls(dial.tls.clone());
     // Nagle off: a message sent while the previous one is unacknowledged must not wait for a delayed ACK.
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector))
         .await
-        .map_err(|e| Error::Connect(format!("{base}/v1/rooms/{room}/ws: {e}")))?;
+        .map_err(|e| match crate::tls::verify_failure(&e, base) {
+            Some(tls) => tls,
+            None => Error::Connect(format!("{shown}: {e}")),
+        })?;
     let (mut sink, mut stream) = ws.split();
     let (in_tx, in_rx) = mpsc::channel(256);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();

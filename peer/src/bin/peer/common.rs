@@ -22,6 +22,9 @@ pub struct Globals {
     pub channel: String,
     pub relay_only: bool,
     pub transports: Vec<peer::signaling::Transport>,
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The join token (redacted in `Debug`).
+    pub token: Option<protocol::Secret>,
 }
 
 /// Why a command failed: printed as `peer: <code>: <message>`, exits with `exit`.
@@ -47,7 +50,9 @@ impl From<peer::Error> for Failure {
     fn from(e: peer::Error) -> Self {
         let exit = match e {
             // Found before any network traffic: the command line is wrong.
-            peer::Error::InvalidUrl(_) | peer::Error::BadRoom(_) => EXIT_USAGE,
+            peer::Error::InvalidUrl(_) | peer::Error::BadRoom(_) | peer::Error::CaFile { .. } | peer::Error::InvalidToken(_) => {
+                EXIT_USAGE
+            }
             _ => EXIT_RUNTIME,
         };
         Failure { exit, code: e.code().to_owned(), message: e.to_string() }
@@ -61,6 +66,8 @@ pub async fn connect(g: &Globals) -> Result<(Peer, mpsc::Receiver<Event>), Failu
     cfg.relay_only = g.relay_only;
     cfg.channels = vec![ChannelOptions::reliable(&g.channel)];
     cfg.signaling.transports = g.transports.clone();
+    cfg.signaling.tls.ca_file = g.ca_file.clone();
+    cfg.signaling.token = g.token.clone();
     let (peer, events) = Peer::connect(cfg).await?;
     status(&format!("joined room {} as {} (over {})", g.room, peer.id(), peer.transport()));
     Ok((peer, events))

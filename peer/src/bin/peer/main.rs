@@ -42,6 +42,20 @@ struct Cli {
     #[arg(long, env = "PEER_TRANSPORT", value_delimiter = ',', default_value = "ws,sse,longpoll", global = true)]
     transport: Vec<peer::signaling::Transport>,
 
+    /// PEM file of CA certificates to trust besides the built-in (Mozilla) roots, for an https:// or wss://
+    /// server whose certificate a private CA signed.
+    #[arg(long, env = "PEER_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+
+    /// Join token for a server that requires one (`signaling token` mints them). Prefer PEER_TOKEN or
+    /// --token-file: a command line is visible to every user of the machine.
+    #[arg(long, env = "PEER_TOKEN", hide_env_values = true, global = true, conflicts_with = "token_file")]
+    token: Option<String>,
+
+    /// Read the join token from this file (surrounding whitespace is trimmed).
+    #[arg(long, env = "PEER_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+
     /// Log filter for stderr (tracing-subscriber syntax). The default keeps webrtc-rs' chatter out.
     #[arg(long, env = "PEER_LOG", default_value = "error,peer=warn", global = true)]
     log: String,
@@ -98,8 +112,20 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(t) => Some(t.trim().to_owned()),
+            Err(e) => {
+                return report(Failure::usage("bad-token-file", format!("cannot read --token-file {}: {e}", path.display())));
+            }
+        },
+        (None, None) => None,
+    };
     let globals = Globals {
         server: cli.server,
+        ca_file: cli.ca_file,
+        token: token.map(protocol::Secret),
         room,
         bind: cli.bind,
         channel: cli.channel,
