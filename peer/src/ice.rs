@@ -55,8 +55,15 @@ pub fn refresh_after(servers: &[IceServer], now: SystemTime) -> Option<Duration>
 }
 
 /// Fetches fresh ICE servers from `GET /v1/ice?peer_id=…` on the signaling server (`http(s)://` or
-/// `ws(s)://`), verifying an `https://` server with `tls` like the signaling transports do.
-pub async fn fetch(server: &str, peer_id: &str, tls: &Arc<rustls::ClientConfig>) -> Result<Vec<IceServer>, Error> {
+/// `ws(s)://`), verifying an `https://` server with `tls` like the signaling transports do. `session_token` is
+/// the session's own secret (`welcome.session.token`): a server that requires join tokens mints TURN
+/// credentials only for live sessions.
+pub async fn fetch(
+    server: &str,
+    peer_id: &str,
+    session_token: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Vec<IceServer>, Error> {
     let base = server.trim_end_matches('/');
     let base = if let Some(rest) = base.strip_prefix("ws://") {
         format!("http://{rest}")
@@ -72,6 +79,7 @@ pub async fn fetch(server: &str, peer_id: &str, tls: &Arc<rustls::ClientConfig>)
     let client = crate::signaling::http::client(tls);
     let req = hyper::Request::get(&url)
         .header("accept", "application/json")
+        .header("authorization", bearer(session_token)?)
         .body(Full::new(Bytes::new()))
         .map_err(|e| Error::Connect(format!("GET /v1/ice on {shown}: {e}")))?;
     let exchange = async {
@@ -93,6 +101,14 @@ pub async fn fetch(server: &str, peer_id: &str, tls: &Arc<rustls::ClientConfig>)
     let config: IceConfig =
         serde_json::from_slice(&body).map_err(|e| Error::Protocol(format!("GET /v1/ice: bad body: {e}")))?;
     Ok(config.ice_servers)
+}
+
+/// `Bearer <token>`, marked sensitive so no HTTP-level log prints it.
+fn bearer(token: &str) -> Result<hyper::header::HeaderValue, Error> {
+    let mut v = hyper::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| Error::Protocol("the session token is not a valid header value".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 #[cfg(test)]

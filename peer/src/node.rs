@@ -216,12 +216,15 @@ impl Peer {
         };
         // Server-provided TURN credentials expire: fetch fresh ones before they do.
         let (ice_tx, ice_rx) = mpsc::channel(1);
+        let ice_identity: IceIdentity = Arc::new(Mutex::new((welcome.peer_id.clone(), welcome.session.token.clone())));
         let refresher = cfg.ice_servers.is_none().then(|| {
-            tokio::spawn(refresh_ice_servers(cfg.server.clone(), tls, welcome.peer_id.clone(), settings.ice_servers.clone(), ice_tx))
+            let (server, identity, current) = (cfg.server.clone(), ice_identity.clone(), settings.ice_servers.clone());
+            tokio::spawn(refresh_ice_servers(server, tls, identity, current, ice_tx))
         });
         let actor = Actor {
             me: welcome.peer_id.clone(),
             shared_id: id.clone(),
+            ice_identity,
             cfg,
             settings,
             sender: sender.clone(),
@@ -430,9 +433,14 @@ struct Remote {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// The session `GET /v1/ice` mints for: its peer id and the session token that authorises the request. A new
+/// session (a resume that failed) replaces both.
+type IceIdentity = Arc<Mutex<(PeerId, String)>>;
+
 struct Actor {
     me: PeerId,
     shared_id: Arc<Mutex<PeerId>>,
+    ice_identity: IceIdentity,
     cfg: PeerConfig,
     settings: PcSettings,
     sender: SignalingSender,
@@ -624,6 +632,7 @@ impl Actor {
         }
         self.me = welcome.peer_id.clone();
         *lock(&self.shared_id) = welcome.peer_id.clone();
+        *lock(&self.ice_identity) = (welcome.peer_id.clone(), welcome.session.token.clone());
         self.emit(Event::NewSession { id: welcome.peer_id }).await;
         for peer in welcome.peers {
             self.emit(Event::PeerJoined(peer.clone())).await;
@@ -817,13 +826,14 @@ impl Actor {
 async fn refresh_ice_servers(
     server: String,
     tls: std::sync::Arc<rustls::ClientConfig>,
-    peer_id: PeerId,
+    identity: IceIdentity,
     mut current: Vec<protocol::IceServer>,
     tx: mpsc::Sender<Vec<protocol::IceServer>>,
 ) {
     while let Some(delay) = crate::ice::refresh_after(&current, std::time::SystemTime::now()) {
         tokio::time::sleep(delay).await;
-        match crate::ice::fetch(&server, &peer_id, &tls).await {
+        let (peer_id, session_token) = lock(&identity).clone();
+        match crate::ice::fetch(&server, &peer_id, &session_token, &tls).await {
             Ok(fresh) => {
                 current = fresh.clone();
                 if tx.send(fresh).await.is_err() {

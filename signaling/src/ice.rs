@@ -166,18 +166,44 @@ pub async fn setup(flags: &IceFlags, listen: SocketAddr) -> Result<(IceServers, 
     Ok((IceServers { stun_urls, turn }, stun))
 }
 
-/// `GET /v1/ice[?peer_id=ID]`: fresh ICE servers (`{"ice_servers":[…]}`), TURN credentials minted for `ID`
-/// (a random label when absent). Never cached.
+/// `GET /v1/ice[?peer_id=ID]`: fresh ICE servers (`{"ice_servers":[…]}`), never cached.
+///
+/// With `Authorization: Bearer <session token>`, TURN credentials are minted for that live session's peer id.
+/// Without it they are minted for `ID` (a random label when absent) — unless the server requires join tokens:
+/// then TURN credentials (relay bandwidth) go only to sessions that were admitted, and the request is 401.
 pub fn route(
     hub: Arc<Hub>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     warp::path!("v1" / "ice")
         .and(warp::get())
         .and(warp::query::<std::collections::HashMap<String, String>>())
-        .map(move |query: std::collections::HashMap<String, String>| {
-            let peer_id = match query.get("peer_id") {
-                Some(id) if valid_label(id) => id.clone(),
-                Some(id) => {
+        .and(warp::header::optional::<String>("authorization"))
+        .map(move |query: std::collections::HashMap<String, String>, auth: Option<String>| {
+            let refuse = |status, code: ErrorCode, message: &str| {
+                let body = serde_json::json!({ "code": code.as_str(), "message": message });
+                let reply = warp::reply::with_status(warp::reply::json(&body), status);
+                warp::reply::with_header(reply, "cache-control", "no-store")
+            };
+            let session = match crate::transport::http::bearer(auth.as_deref()) {
+                Some(token) => match hub.session(token) {
+                    Some(s) => Some(s),
+                    None => {
+                        return refuse(warp::http::StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "not a live session's token");
+                    }
+                },
+                None if hub.gate().required() => {
+                    return refuse(
+                        warp::http::StatusCode::UNAUTHORIZED,
+                        ErrorCode::Unauthorized,
+                        "this server requires join tokens: send Authorization: Bearer <session token>",
+                    );
+                }
+                None => None,
+            };
+            let peer_id = match (session, query.get("peer_id")) {
+                (Some(s), _) => s.peer_id().to_owned(),
+                (None, Some(id)) if valid_label(id) => id.clone(),
+                (None, Some(id)) => {
                     let body = serde_json::json!({
                         "code": ErrorCode::BadMessage.as_str(),
                         "message": format!("peer_id {id:?}: 1–128 characters of A–Z a–z 0–9 - _ . @"),
@@ -185,7 +211,7 @@ pub fn route(
                     let reply = warp::reply::with_status(warp::reply::json(&body), warp::http::StatusCode::BAD_REQUEST);
                     return warp::reply::with_header(reply, "cache-control", "no-store");
                 }
-                None => anonymous_label(),
+                (None, None) => anonymous_label(),
             };
             let body = IceConfig { ice_servers: hub.config().ice_servers.for_peer(&peer_id) };
             let reply = warp::reply::with_status(warp::reply::json(&body), warp::http::StatusCode::OK);

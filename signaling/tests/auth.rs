@@ -600,3 +600,25 @@ async fn the_rust_minting_recipe_in_security_md_is_accepted() {
     let srv = hs_server().await;
     welcomed(&mut ws(&srv, "r", &format!("token={token}")).await).await;
 }
+
+/// TURN credentials are relay bandwidth: on a server that requires join tokens, `GET /v1/ice` answers only a
+/// live session (its own token as Bearer), never an anonymous caller.
+#[tokio::test]
+async fn ice_servers_need_a_live_session_when_tokens_are_required() {
+    let srv = hs_server().await;
+    let anonymous = request(&srv, "GET", "/v1/ice?peer_id=x", &[], b"").await;
+    assert_eq!((anonymous.status, anonymous.json()["code"].clone()), (401, json!("unauthorized")));
+    let guessed = request(&srv, "GET", "/v1/ice", &[("authorization", "Bearer 00000000000000000000000000000000")], b"").await;
+    assert_eq!(guessed.status, 401);
+    // A join token is not a session: it would let anyone with a link mint relays after leaving.
+    let t = hs256(&room_claims("r"), SECRET);
+    let with_join_token = request(&srv, "GET", "/v1/ice", &[("authorization", &format!("Bearer {t}"))], b"").await;
+    assert_eq!(with_join_token.status, 401);
+    let w = welcomed(&mut ws(&srv, "r", &format!("token={t}")).await).await;
+    let admitted = request(&srv, "GET", "/v1/ice", &[("authorization", &format!("Bearer {}", w.session.token))], b"").await;
+    assert_eq!(admitted.status, 200, "{}", String::from_utf8_lossy(&admitted.body));
+    assert!(admitted.json()["ice_servers"].is_array());
+    // An open server (the default) keeps answering anyone, as before.
+    let open = TestServer::start().await;
+    assert_eq!(request(&open, "GET", "/v1/ice", &[], b"").await.status, 200);
+}

@@ -167,11 +167,8 @@ async fn hub_with_turn(file: &std::path::Path) -> Arc<Hub> {
 #[tokio::test]
 async fn get_v1_ice_returns_fresh_credentials_and_refuses_bad_peer_ids() {
     let file = secret_file("route");
-    let routes = signaling::routes::routes(
-        hub_with_turn(&file).await,
-        signaling::web::WebRoot::Embedded,
-        &[signaling::transport::Kind::Ws],
-    );
+    let hub = hub_with_turn(&file).await;
+    let routes = signaling::routes::routes(hub.clone(), signaling::web::WebRoot::Embedded, &[signaling::transport::Kind::Ws]);
 
     let res = warp::test::request().path("/v1/ice?peer_id=abc123").reply(&routes).await;
     assert_eq!(res.status(), 200);
@@ -184,6 +181,17 @@ async fn get_v1_ice_returns_fresh_credentials_and_refuses_bad_peer_ids() {
     let body: IceConfig = serde_json::from_slice(res.body()).unwrap();
     let user = body.ice_servers[0].username.clone().unwrap();
     assert!(user.split_once(':').unwrap().1.starts_with("anon-"), "{user}");
+
+    // With a live session's token the credential is that session's, whatever peer_id says; a dead or guessed
+    // token is refused (it would otherwise be a way to mint for any name).
+    let session = hub.join("r").unwrap();
+    let auth = format!("Bearer {}", session.token());
+    let res = warp::test::request().path("/v1/ice?peer_id=someone-else").header("authorization", &auth).reply(&routes).await;
+    assert_eq!(res.status(), 200);
+    let body: IceConfig = serde_json::from_slice(res.body()).unwrap();
+    check_turn(&body.ice_servers[0], session.peer_id());
+    let res = warp::test::request().path("/v1/ice").header("authorization", "Bearer 0000").reply(&routes).await;
+    assert_eq!(res.status(), 401);
 
     for bad in ["a%3Ab", "has%20space", "", &"x".repeat(129)] {
         let res = warp::test::request().path(&format!("/v1/ice?peer_id={bad}")).reply(&routes).await;

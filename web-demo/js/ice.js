@@ -26,12 +26,15 @@ export function refreshAfterMs(iceServers, nowMs) {
 }
 
 /**
- * Fresh ICE servers from the signaling server, TURN credentials minted for `peerId`.
+ * Fresh ICE servers from the signaling server, TURN credentials minted for `peerId`. `sessionToken` (the
+ * welcome's `session.token`) authorises the request: a server that requires join tokens mints TURN
+ * credentials only for live sessions.
  * @param {string} peerId
- * @param {{origin?: string, fetchFn?: typeof fetch}} [options]
+ * @param {{origin?: string, sessionToken?: string | null, fetchFn?: typeof fetch}} [options]
  */
-export async function fetchIceServers(peerId, { origin = globalThis.location?.origin, fetchFn = fetch } = {}) {
-  const res = await fetchFn(`${origin}/v1/ice?peer_id=${encodeURIComponent(peerId)}`, { cache: 'no-store' });
+export async function fetchIceServers(peerId, { origin = globalThis.location?.origin, sessionToken = null, fetchFn = fetch } = {}) {
+  const headers = sessionToken ? { Authorization: `Bearer ${sessionToken}` } : {};
+  const res = await fetchFn(`${origin}/v1/ice?peer_id=${encodeURIComponent(peerId)}`, { cache: 'no-store', headers });
   if (!res.ok) throw new Error(`GET /v1/ice answered ${res.status}`);
   const body = await res.json();
   if (!Array.isArray(body?.ice_servers)) throw new Error('GET /v1/ice: no ice_servers');

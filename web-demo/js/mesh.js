@@ -152,7 +152,7 @@ export class Mesh extends EventTarget {
     const selfId = this.#selfId;
     this.#iceRefreshTimer = setTimeout(async () => {
       try {
-        const servers = await fetchIceServers(selfId);
+        const servers = await fetchIceServers(selfId, { sessionToken: this.#signaling.sessionToken });
         if (selfId !== this.#selfId) return; // a new session started meanwhile
         this.#iceServers = servers;
         for (const link of this.#peers.values()) link.setIceServers(servers);

@@ -100,6 +100,8 @@ export class SignalingClient extends EventTarget {
   get transports() { return [...this.#order]; }
   /** Client messages sent but not yet acknowledged by the server. */
   get unacked() { return this.#unacked.length; }
+  /** The current session's secret token (authorises `GET /v1/ice`), or null before the first welcome. */
+  get sessionToken() { return this.#session?.token ?? null; }
   /** Connections tried so far, over every transport and attempt (a refused join must leave this at 1). */
   get connections() { return this.#connections; }
 
