@@ -33,6 +33,8 @@ const OUTBOX_BYTES: u64 = 1024 * 1024;
 /// (128 KiB + one frame); SSE: the chunk in the pump, two in the channel and one being written by hyper
 /// (each ≤ one batch ≤ outbox). Kernel socket buffers are not RSS. 5 × the outbox covers every transport.
 const PER_SESSION: u64 = 5 * OUTBOX_BYTES;
+/// The gzip compressor of one SSE stream (`signaling::transport::gzip::COMPRESSOR_BYTES`, ≈ 350 KiB).
+const COMPRESSOR_BYTES: u64 = 350 * 1024;
 /// Everything else that may grow during a flood: allocator arenas, the partners' and the prober's buffers,
 /// the relays being parsed. Far below what a leak of the report's size (~20–35 MB per client) would add.
 const SLACK: u64 = 48 * 1024 * 1024;
@@ -50,6 +52,8 @@ const IO_WAIT: Duration = Duration::from_secs(10);
 enum Kind {
     Ws,
     Sse,
+    /// SSE with `Accept-Encoding: gzip`, as browsers send it: the stream is gzipped.
+    SseGzip,
     Poll,
 }
 
@@ -149,18 +153,44 @@ async fn stall_ws(host: &str, room: &str) -> Result<(String, Stalled)> {
     Ok((welcome_peer_id(&welcome)?, Stalled::Stream(s)))
 }
 
-/// Opens the event stream, reads up to the `welcome` event, and never reads again.
-async fn stall_sse(host: &str, room: &str) -> Result<(String, Stalled)> {
+/// The payload of the complete chunks of a chunked body.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = find(body, b"\r\n") {
+        let Some(len) = std::str::from_utf8(&body[..eol]).ok().and_then(|h| usize::from_str_radix(h.trim(), 16).ok())
+        else {
+            break;
+        };
+        let Some(chunk) = body.get(eol + 2..eol + 2 + len) else { break };
+        out.extend_from_slice(chunk);
+        body = body.get(eol + 4 + len..).unwrap_or_default();
+    }
+    out
+}
+
+/// Opens the event stream (gzipped if `gzip`), reads up to the `welcome` event, and never reads again.
+async fn stall_sse(host: &str, room: &str, gzip: bool) -> Result<(String, Stalled)> {
     let mut s = TcpStream::connect(host).await?;
-    let req = format!("GET /v1/rooms/{room}/sse HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
+    let ae = if gzip { "Accept-Encoding: gzip\r\n" } else { "" };
+    let req = format!("GET /v1/rooms/{room}/sse HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{ae}\r\n");
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     let welcome = read_until(&mut s, &mut buf, "the welcome event", |b| {
-        let text = String::from_utf8_lossy(b);
-        if !text.starts_with("HTTP/1.1 ") || !text.contains("\r\n\r\n") {
-            return Ok(None);
-        }
-        ensure!(text.starts_with("HTTP/1.1 200"), "SSE answered {text:?}");
+        let Some(end) = find(b, b"\r\n\r\n") else { return Ok(None) };
+        let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
+        ensure!(head.starts_with("http/1.1 200"), "SSE answered {head:?}");
+        ensure!(head.contains("content-encoding: gzip") == gzip, "gzip {gzip}, but the head is {head:?}");
+        let body = dechunk(&b[end + 4..]);
+        let body = if gzip {
+            // The stream is flushed after every chunk, so what arrived so far decodes whole.
+            let mut d = flate2::write::GzDecoder::new(Vec::new());
+            std::io::Write::write_all(&mut d, &body)?;
+            std::io::Write::flush(&mut d)?;
+            d.get_ref().clone()
+        } else {
+            body
+        };
+        let text = String::from_utf8_lossy(&body);
         // An event is written whole in one chunk, so its data line is never split by chunk framing.
         for line in text.lines() {
             if let Some(data) = line.strip_prefix("data: ")
@@ -229,10 +259,25 @@ struct Flood {
     ws: Ws,
 }
 
+/// `len` pseudo-random base64 characters: like the base64 payloads real relays carry, they do not compress
+/// away (a gzipped stream must fill its socket too).
+fn noise(len: usize, seed: u64) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            B64[(x >> 58) as usize] as char
+        })
+        .collect()
+}
+
 /// Sends up to [`RELAYS`] relays of [`RELAY_BYTES`] to `target` while reading everything, until `target` is
 /// announced gone.
 async fn flood(ws: Ws, target: String, start: Instant) -> Result<Flood> {
-    let text = json!({"type": "relay", "to": target, "data": "x".repeat(RELAY_BYTES)}).to_string();
+    let text = json!({"type": "relay", "to": target, "data": noise(RELAY_BYTES, target.len() as u64)}).to_string();
     let (mut tx, mut rx) = ws.split();
     let gone = AtomicBool::new(false);
     let send = async {
@@ -351,7 +396,8 @@ async fn round(server: &SignalingServer, kind: Kind, n: usize, no: usize) -> Res
         let room = format!("slow-{no}-{i}");
         let (id, client) = match kind {
             Kind::Ws => stall_ws(&host, &room).await?,
-            Kind::Sse => stall_sse(&host, &room).await?,
+            Kind::Sse => stall_sse(&host, &room, false).await?,
+            Kind::SseGzip => stall_sse(&host, &room, true).await?,
             Kind::Poll => stall_poll(&host, &room).await?,
         };
         let (ws, welcome) = ws_join(&host, &room).await?;
@@ -439,7 +485,8 @@ async fn run(kind: Kind, n: usize) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("the RTT probe panicked"))??;
     rtts.sort();
 
-    let bound = (n as u64 * PER_SESSION + SLACK) / 1024;
+    let per_session = PER_SESSION + if kind == Kind::SseGzip { COMPRESSOR_BYTES } else { 0 };
+    let bound = (n as u64 * per_session + SLACK) / 1024;
     println!(
         "{kind:?}: {n} stalled clients, partners flooding up to {RELAYS} relays of {RELAY_BYTES} B, \
          --outbox-bytes {OUTBOX_BYTES}; RSS at start {:.1} MiB; bound on growth {:.1} MiB",
@@ -504,6 +551,11 @@ async fn websocket_clients_that_never_read_are_bounded_and_closed_as_slow_consum
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_streams_that_are_never_read_are_bounded_and_closed_as_slow_consumers() -> Result<()> {
     run(Kind::Sse, 10).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzipped_sse_streams_that_are_never_read_are_bounded_and_closed_as_slow_consumers() -> Result<()> {
+    run(Kind::SseGzip, 10).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

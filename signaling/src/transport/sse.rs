@@ -6,7 +6,9 @@
 //! other status makes `EventSource` give up for good, so refusals travel as events); comment heartbeats keep
 //! proxies from timing the stream out; `X-Accel-Buffering: no` stops nginx from buffering it; payload line
 //! breaks become several `data:` lines; CR, LF and NUL never reach `id` or `event`; a `retry:` hint sets the
-//! browser's reconnect delay.
+//! browser's reconnect delay. With `Accept-Encoding: gzip` (and `--sse-gzip`, the default) the stream is
+//! gzipped, flushed after every chunk (see [`super::gzip`]); the response says `Vary: Accept-Encoding` either
+//! way.
 
 use super::{Feed, Next, Start};
 use crate::hub::{Hub, leave_reason};
@@ -72,13 +74,35 @@ pub fn parse_last_event_id(id: &str) -> Start {
     }
 }
 
-/// Starts the stream for one `GET` and returns its response.
-pub fn respond(room: String, start: Start, token: Option<String>, hub: Arc<Hub>) -> warp::reply::Response {
-    // Two chunks, each at most one batch (itself at most `--outbox-bytes`): a stream nobody reads holds that
-    // much here, the pump stops reading the session, and the session's own bound ends it as a slow consumer.
+/// The pump's end of the stream: chunks go into a channel of two, gzipped first when the client asked.
+struct Out {
+    tx: mpsc::Sender<Bytes>,
+    gzip: Option<super::gzip::GzipStream>,
+}
+
+impl Out {
+    /// Sends one chunk once the channel has room. A chunk is compressed only after its slot is reserved, so a
+    /// send cancelled while waiting (client not reading) never leaves the compressor ahead of the stream.
+    async fn send(&mut self, chunk: Bytes) -> Result<(), mpsc::error::SendError<()>> {
+        let permit = self.tx.reserve().await?;
+        permit.send(match &mut self.gzip {
+            Some(gz) => gz.chunk(&chunk),
+            None => chunk,
+        });
+        Ok(())
+    }
+}
+
+/// Starts the stream for one `GET` and returns its response; `gzip`: the client accepts gzip and the server
+/// allows it.
+pub fn respond(room: String, start: Start, token: Option<String>, hub: Arc<Hub>, gzip: bool) -> warp::reply::Response {
+    // Two chunks, each at most one batch (itself at most `--outbox-bytes`, less when gzipped): a stream nobody
+    // reads holds that much here, the pump stops reading the session, and the session's own bound ends it as a
+    // slow consumer.
     let (tx, rx) = mpsc::channel::<Bytes>(2);
     let admit = hub.gate().admit(token.as_deref(), &room);
-    tokio::spawn(pump(room, start, admit, hub, tx));
+    let out = Out { tx, gzip: gzip.then(super::gzip::GzipStream::new) };
+    tokio::spawn(pump(room, start, admit, hub, out));
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
     });
@@ -87,6 +111,10 @@ pub fn respond(room: String, start: Start, token: Option<String>, hub: Arc<Hub>)
     h.insert("content-type", "text/event-stream; charset=utf-8".parse().expect("static header"));
     h.insert("cache-control", "no-cache, no-store, no-transform".parse().expect("static header"));
     h.insert("x-accel-buffering", "no".parse().expect("static header"));
+    h.insert("vary", "accept-encoding".parse().expect("static header"));
+    if gzip {
+        h.insert("content-encoding", "gzip".parse().expect("static header"));
+    }
     res
 }
 
@@ -95,7 +123,7 @@ fn close_event(notice: CloseNotice) -> Bytes {
     Bytes::from(event(None, Some("close"), &data).unwrap_or_default())
 }
 
-async fn pump(room: String, start: Start, admit: crate::auth::Admit, hub: Arc<Hub>, tx: mpsc::Sender<Bytes>) {
+async fn pump(room: String, start: Start, admit: crate::auth::Admit, hub: Arc<Hub>, mut tx: Out) {
     if tx.send(Bytes::from(format!("retry: {RETRY_MS}\n\n"))).await.is_err() {
         return;
     }
@@ -115,7 +143,7 @@ async fn pump(room: String, start: Start, admit: crate::auth::Admit, hub: Arc<Hu
     loop {
         let next = tokio::select! {
             biased;
-            _ = tx.closed() => break,
+            _ = tx.tx.closed() => break,
             n = feed.next() => n,
         };
         let chunk = match next {
