@@ -45,8 +45,9 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_HEARTBEAT_TIMEOUT_MS", default_value_t = 5_000)]
     pub heartbeat_timeout_ms: u64,
 
-    /// Gzip SSE streams for clients that send `Accept-Encoding: gzip` (flushed after every event; about
-    /// 350 KiB of compressor state per such stream). `--sse-gzip false` sends them uncompressed.
+    /// Gzip SSE streams for clients that send `Accept-Encoding: gzip` (flushed after every event, each piece
+    /// compressed on its own; about 320 KiB of compressor state per such stream). `--sse-gzip false` sends
+    /// them uncompressed.
     #[arg(long, env = "SIGNALING_SSE_GZIP", default_value_t = true, action = clap::ArgAction::Set)]
     pub sse_gzip: bool,
 

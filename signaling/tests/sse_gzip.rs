@@ -37,6 +37,21 @@ impl Stream {
         (Stream { body: res.bytes_stream().boxed(), gzip, plain: Vec::new(), wire: 0 }, headers)
     }
 
+    /// Reads until the body ends; returns the text and whether the gzip stream ended with a valid trailer.
+    async fn to_end(&mut self) -> (String, bool) {
+        let deadline = tokio::time::Instant::now() + common::WAIT;
+        while let Some(chunk) = tokio::time::timeout_at(deadline, self.body.next()).await.expect("the body ends in time") {
+            let chunk = chunk.expect("a body chunk");
+            self.wire += chunk.len();
+            match &mut self.gzip {
+                Some(d) => d.write_all(&chunk).expect("valid gzip"),
+                None => self.plain.extend_from_slice(&chunk),
+            }
+        }
+        let complete = self.gzip.as_mut().is_none_or(|d| d.try_finish().is_ok());
+        (self.text(), complete)
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(match &self.gzip {
             Some(d) => d.get_ref(),
@@ -97,18 +112,24 @@ async fn gzipped_event_streams_deliver_every_event_promptly() {
         a.until(&format!("\"data\":\"{marker}\""), PROMPT).await;
         took.push(sent.elapsed());
     }
-    let text = a.text();
+    assert!(took.iter().all(|t| *t < PROMPT));
+
+    // A shutdown ends the stream with the close event and a complete gzip member (trailer included).
+    let stop = tokio::spawn(srv.shutdown());
+    let (text, complete) = a.to_end().await;
+    stop.await.unwrap();
+    assert!(complete, "the gzip stream ended without its trailer");
+    assert!(text.contains("event: close\ndata: {\"code\":4000"), "{text:?}");
+    // Same framing as the plain stream: every relay has its id line.
+    assert_eq!(text.matches("\nid: ").count() + usize::from(text.starts_with("id: ")), 5 + 1, "{text:?}");
     println!(
-        "gzip SSE: {} events decoded from {} wire bytes ({} plain); relay→decoded {:?}",
+        "gzip SSE: {} events, {} plain bytes, {} on the wire ({:+.0}%); relay → decoded {:?}",
         text.matches("\n\n").count(),
-        a.wire,
         text.len(),
+        a.wire,
+        (a.wire as f64 / text.len() as f64 - 1.0) * 100.0,
         took
     );
-    assert!(took.iter().all(|t| *t < PROMPT));
-    // Same framing as the plain stream: ids, one data line per envelope.
-    assert!(text.contains("\nid: ") || text.contains("id: "), "{text:?}");
-    srv.shutdown().await;
 }
 
 #[tokio::test]

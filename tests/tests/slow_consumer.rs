@@ -33,8 +33,8 @@ const OUTBOX_BYTES: u64 = 1024 * 1024;
 /// (128 KiB + one frame); SSE: the chunk in the pump, two in the channel and one being written by hyper
 /// (each ≤ one batch ≤ outbox). Kernel socket buffers are not RSS. 5 × the outbox covers every transport.
 const PER_SESSION: u64 = 5 * OUTBOX_BYTES;
-/// The gzip compressor of one SSE stream (`signaling::transport::gzip::COMPRESSOR_BYTES`, ≈ 350 KiB).
-const COMPRESSOR_BYTES: u64 = 350 * 1024;
+/// The gzip compressor of one SSE stream (`signaling::transport::gzip::COMPRESSOR_BYTES`, ≈ 320 KiB).
+const COMPRESSOR_BYTES: u64 = 320 * 1024;
 /// Everything else that may grow during a flood: allocator arenas, the partners' and the prober's buffers,
 /// the relays being parsed. Far below what a leak of the report's size (~20–35 MB per client) would add.
 const SLACK: u64 = 48 * 1024 * 1024;

@@ -1,35 +1,44 @@
 //! gzip for SSE streams (`Content-Encoding: gzip` when the client sends `Accept-Encoding: gzip`).
 //!
-//! One compressor per stream, so later events compress against earlier ones (envelopes repeat their field
-//! names, peer ids and SDP lines). Every chunk the pump hands over is followed by a sync flush, so each event
-//! reaches the client whole as soon as it is sent: without it deflate would sit on small events until it has a
-//! block's worth. The compressor's memory is fixed per stream, whatever passes through it (see
-//! [`COMPRESSOR_BYTES`]); its output per chunk is at most the chunk plus a few bytes, and that output is what
-//! the pump's bounded channel holds.
+//! **Every piece is compressed on its own.** The stream carries secrets (the session token in every event's
+//! `id:` and in the `welcome`, TURN credentials) next to data another peer of the room chooses (its relays and
+//! SDPs), and each event goes out as soon as it is made, so an on-path observer sees its compressed length.
+//! If they shared one deflate context, a peer could send guesses and watch which ones compress better
+//! (CRIME/BREACH). So the pump hands over an event's header lines (`id:`, `event:`) and its `data:` lines as
+//! separate pieces, and each piece ends with a *full* flush, which both sends everything at once (events are
+//! never held back) and resets the dictionary: no piece can refer to another. What is left is compression
+//! inside one envelope (JSON field names, SDP lines), measured in `signaling/tests/sse_gzip.rs`.
+//!
+//! The compressor's memory is fixed per stream, whatever passes through it (see [`COMPRESSOR_BYTES`]); its
+//! output per piece is at most the piece plus a few bytes, and that output is what the pump's bounded channel
+//! holds.
 
 use bytes::Bytes;
-use flate2::Compression;
-use flate2::write::GzEncoder;
-use std::io::Write;
+use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
 /// What one stream's compressor holds, about, from miniz_oxide 0.9's buffer sizes: the 32 KiB window, two
-/// 64 KiB hash tables, the 64 KiB LZ code buffer, an 83 KiB output buffer and the Huffman tables (≈ 312 KiB),
-/// plus flate2's 32 KiB buffer. It is allocated once per gzipped stream and never grows; streams are capped
-/// by `--max-connections`, so gzip adds at most that many times this.
-pub const COMPRESSOR_BYTES: usize = 350 * 1024;
+/// 64 KiB hash tables, the 64 KiB LZ code buffer, an 83 KiB output buffer and the Huffman tables (≈ 312 KiB).
+/// It is allocated once per gzipped stream and never grows; streams are capped by `--max-connections`, so
+/// gzip adds at most that many times this.
+pub const COMPRESSOR_BYTES: usize = 320 * 1024;
 
-/// Level 1: signaling JSON is repetitive enough that the fastest level keeps most of the gain, and a
-/// stream flooded with large relays costs the least CPU.
+/// Level 1: each piece is one envelope at most, and the fastest level keeps most of what is to be gained
+/// there, at the least CPU for a stream flooded with large relays.
 const LEVEL: u32 = 1;
 
-/// A gzip stream written one flushed chunk at a time.
+/// The gzip member header (RFC 1952): deflate, no name or time, unknown OS.
+const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+/// One gzip stream, written piece by piece.
 pub struct GzipStream {
-    enc: GzEncoder<Vec<u8>>,
+    deflate: Compress,
+    crc: Crc,
+    started: bool,
 }
 
 impl std::fmt::Debug for GzipStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GzipStream").finish_non_exhaustive()
+        f.debug_struct("GzipStream").field("in", &self.deflate.total_in()).finish_non_exhaustive()
     }
 }
 
@@ -40,18 +49,54 @@ impl Default for GzipStream {
 }
 
 impl GzipStream {
-    /// A new stream; its gzip header goes out with the first chunk.
+    /// A new stream; its gzip header goes out with the first bytes.
     pub fn new() -> Self {
-        GzipStream { enc: GzEncoder::new(Vec::new(), Compression::new(LEVEL)) }
+        GzipStream { deflate: Compress::new(Compression::new(LEVEL), false), crc: Crc::new(), started: false }
     }
 
-    /// Compresses `chunk` and sync-flushes: the bytes returned decode to everything written so far.
-    pub fn chunk(&mut self, chunk: &[u8]) -> Bytes {
-        // Writing to a Vec cannot fail; were the compressor ever to, an empty chunk only loses this one.
-        if self.enc.write_all(chunk).and_then(|()| self.enc.flush()).is_err() {
-            tracing::warn!("gzip of an SSE chunk failed");
+    /// Compresses each of `pieces` in a context of its own and returns the bytes to send: they decode to
+    /// everything written so far.
+    pub fn pieces<'a>(&mut self, pieces: impl IntoIterator<Item = &'a [u8]>) -> Bytes {
+        let mut out = Vec::new();
+        if !self.started {
+            self.started = true;
+            out.extend_from_slice(&HEADER);
         }
-        Bytes::from(std::mem::take(self.enc.get_mut()))
+        for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
+            self.crc.update(piece);
+            self.run(piece, FlushCompress::Full, &mut out);
+        }
+        Bytes::from(out)
+    }
+
+    /// The end of the stream: the last deflate block and the gzip trailer (CRC-32 and length).
+    pub fn finish(&mut self) -> Bytes {
+        let mut out = self.pieces([]).to_vec();
+        self.run(&[], FlushCompress::Finish, &mut out);
+        out.extend_from_slice(&self.crc.sum().to_le_bytes());
+        out.extend_from_slice(&self.crc.amount().to_le_bytes());
+        Bytes::from(out)
+    }
+
+    fn run(&mut self, mut input: &[u8], flush: FlushCompress, out: &mut Vec<u8>) {
+        // Bounded: each round either consumes input or fills the room it was given; the cap is only a guard.
+        for _ in 0..1_000_000 {
+            out.reserve(input.len() / 2 + 256);
+            let before = self.deflate.total_in();
+            let status = self.deflate.compress_vec(input, out, flush);
+            input = &input[(self.deflate.total_in() - before) as usize..];
+            match status {
+                Ok(Status::StreamEnd) => return,
+                // The flush is complete once all input is in and the compressor stopped short of the room.
+                Ok(_) if input.is_empty() && out.len() < out.capacity() && flush != FlushCompress::Finish => return,
+                Ok(_) => {}
+                Err(e) => {
+                    // Cannot happen with a valid level; the stream is then cut short rather than wrong.
+                    tracing::warn!(error = %e, "gzip of an SSE piece failed");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -91,18 +136,47 @@ mod tests {
         }
     }
 
+    fn decode(stream: &[u8]) -> (String, bool) {
+        let mut d = flate2::write::GzDecoder::new(Vec::new());
+        d.write_all(stream).unwrap();
+        d.flush().unwrap();
+        let complete = d.try_finish().is_ok();
+        (String::from_utf8(d.get_ref().clone()).unwrap(), complete)
+    }
+
     #[test]
-    fn every_chunk_decodes_on_its_own_arrival() {
+    fn every_chunk_decodes_on_its_own_arrival_and_the_end_is_a_valid_gzip() {
         let mut gz = GzipStream::new();
-        let mut dec = flate2::write::GzDecoder::new(Vec::new());
+        let mut wire = Vec::new();
         let mut expect = String::new();
         for i in 0..50 {
-            let event = format!("id: t-{i}\ndata: {{\"type\":\"pong\",\"seq\":{i}}}\n\n");
-            expect.push_str(&event);
-            dec.write_all(&gz.chunk(event.as_bytes())).unwrap();
-            dec.flush().unwrap();
+            let (head, data) = (format!("id: t-{i}\n"), format!("data: {{\"type\":\"pong\",\"seq\":{i}}}\n\n"));
+            expect.push_str(&head);
+            expect.push_str(&data);
+            wire.extend_from_slice(&gz.pieces([head.as_bytes(), data.as_bytes()]));
             // Everything sent so far is readable now, not when a later chunk comes.
-            assert_eq!(std::str::from_utf8(dec.get_ref()).unwrap(), expect);
+            assert_eq!(decode(&wire).0, expect);
         }
+        wire.extend_from_slice(&gz.finish());
+        let mut whole = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&wire[..]), &mut whole).unwrap();
+        assert_eq!(whole, expect, "the trailer's CRC and length check out");
+    }
+
+    #[test]
+    fn a_piece_compresses_the_same_whatever_came_before() {
+        // An attacker's guess sent after the secret must not compress better when it matches.
+        let secret = b"id: 9c4e0a1b2c3d4e5f60718293a4b5c6d7-12\n";
+        let len_after = |before: &[u8]| {
+            let mut gz = GzipStream::new();
+            gz.pieces([before]);
+            gz.pieces([b"data: {\"guess\":\"9c4e0a1b2c3d4e5f60718293a4b5c6d7\"}\n\n".as_slice()]).len()
+        };
+        assert_eq!(len_after(secret), len_after(b"id: 0000000000000000ffffffffffffffff-12\n"));
+        // Inside one piece, repetition does compress.
+        let mut gz = GzipStream::new();
+        let header = gz.pieces([]).len();
+        let sdp = "a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\n".repeat(20);
+        assert!(gz.pieces([sdp.as_bytes()]).len() - header < sdp.len() / 4);
     }
 }
