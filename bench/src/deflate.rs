@@ -224,6 +224,10 @@ pub struct Capture {
     pub up: Volume,
     /// What crossed, by message type and direction (`down:signal` …), with counts.
     pub types: Vec<(String, usize)>,
+    /// The same server → client messages as SSE events (`retry:`, `id:` and `data:` lines), plain.
+    pub sse_plain_bytes: usize,
+    /// … and gzipped as the server does it (each event's id and data compressed apart, gzip header and trailer).
+    pub sse_gzip_bytes: usize,
 }
 
 /// The `bench deflate` report.
@@ -244,6 +248,8 @@ fn measure(clients: &str, conns: &[Conn]) -> anyhow::Result<Capture> {
         down: Volume::default(),
         up: Volume::default(),
         types: Vec::new(),
+        sse_plain_bytes: 0,
+        sse_gzip_bytes: 0,
     };
     for conn in conns {
         let msgs = messages(conn)?;
@@ -251,6 +257,9 @@ fn measure(clients: &str, conns: &[Conn]) -> anyhow::Result<Capture> {
             continue;
         }
         cap.sessions += 1;
+        let (plain, gz) = as_sse(&msgs);
+        cap.sse_plain_bytes += plain;
+        cap.sse_gzip_bytes += gz;
         let mut ctx_down = DeflateEncoder::new(Vec::new(), Compression::default());
         let mut ctx_up = DeflateEncoder::new(Vec::new(), Compression::default());
         for m in &msgs {
@@ -288,6 +297,28 @@ fn measure(clients: &str, conns: &[Conn]) -> anyhow::Result<Capture> {
     }
     cap.types.sort();
     Ok(cap)
+}
+
+/// The server → client messages of one session as its SSE stream would carry them: plain bytes, gzipped bytes.
+fn as_sse(msgs: &[Msg]) -> (usize, usize) {
+    use signaling::transport::{gzip::GzipStream, sse};
+    let json = |m: &Msg| serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap_or_default();
+    let token = msgs
+        .iter()
+        .filter(|m| m.down)
+        .find_map(|m| json(m)["session"]["token"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let retry = format!("retry: {}\n\n", sse::RETRY_MS);
+    let mut gz = GzipStream::new();
+    let (mut plain, mut zipped) = (retry.len(), gz.pieces([retry.as_bytes()]).len());
+    for m in msgs.iter().filter(|m| m.down) {
+        let seq = json(m)["seq"].as_u64().unwrap_or(0);
+        let text = String::from_utf8_lossy(&m.payload);
+        let Ok(parts) = sse::event_parts(Some(&sse::event_id(&token, seq)), None, &text) else { continue };
+        plain += parts.iter().map(String::len).sum::<usize>();
+        zipped += gz.pieces(parts.iter().map(|p| p.as_bytes())).len();
+    }
+    (plain, zipped + gz.finish().len())
 }
 
 async fn channel_open(ev: &mut tokio::sync::mpsc::Receiver<peer::Event>) -> anyhow::Result<()> {
@@ -460,6 +491,18 @@ impl DeflateReport {
                     pct(v.context_bytes, v.wire_bytes),
                 ));
             }
+        }
+        s.push_str("\nThe same server → client messages as SSE streams (what `--sse-gzip` serves; chunked framing left out):\n\n");
+        s.push_str("| clients | sessions | SSE plain (B) | SSE gzip, each piece alone (B) |\n|---|---:|---:|---:|\n");
+        for c in &self.captures {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} ({}) |\n",
+                c.clients,
+                c.sessions,
+                c.sse_plain_bytes,
+                c.sse_gzip_bytes,
+                pct(c.sse_gzip_bytes, c.sse_plain_bytes)
+            ));
         }
         s.push('\n');
         for c in &self.captures {

@@ -46,8 +46,8 @@ pub struct Config {
     pub heartbeat_timeout_ms: u64,
 
     /// Gzip SSE streams for clients that send `Accept-Encoding: gzip` (flushed after every event, each piece
-    /// compressed on its own; about 320 KiB of compressor state per such stream). `--sse-gzip false` sends
-    /// them uncompressed.
+    /// compressed on its own by the thread's compressor: about 320 KiB per worker thread, nothing per stream).
+    /// `--sse-gzip false` sends them uncompressed.
     #[arg(long, env = "SIGNALING_SSE_GZIP", default_value_t = true, action = clap::ArgAction::Set)]
     pub sse_gzip: bool,
 

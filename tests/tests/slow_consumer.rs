@@ -33,10 +33,8 @@ const OUTBOX_BYTES: u64 = 1024 * 1024;
 /// (128 KiB + one frame); SSE: the chunk in the pump, two in the channel and one being written by hyper
 /// (each ≤ one batch ≤ outbox). Kernel socket buffers are not RSS. 5 × the outbox covers every transport.
 const PER_SESSION: u64 = 5 * OUTBOX_BYTES;
-/// The gzip compressor of one SSE stream (`signaling::transport::gzip::COMPRESSOR_BYTES`, ≈ 320 KiB).
-const COMPRESSOR_BYTES: u64 = 320 * 1024;
 /// Everything else that may grow during a flood: allocator arenas, the partners' and the prober's buffers,
-/// the relays being parsed. Far below what a leak of the report's size (~20–35 MB per client) would add.
+/// the relays being parsed, the gzip compressors (one of ≈ 320 KiB per server worker thread, none per stream). Far below what a leak of the report's size (~20–35 MB per client) would add.
 const SLACK: u64 = 48 * 1024 * 1024;
 /// How much higher the second flood's peak may go than the first's. The allocator keeps some freed memory
 /// (RSS after a flood sits between the start and the peak and plateaus over rounds: five rounds measured
@@ -485,8 +483,7 @@ async fn run(kind: Kind, n: usize) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("the RTT probe panicked"))??;
     rtts.sort();
 
-    let per_session = PER_SESSION + if kind == Kind::SseGzip { COMPRESSOR_BYTES } else { 0 };
-    let bound = (n as u64 * per_session + SLACK) / 1024;
+    let bound = (n as u64 * PER_SESSION + SLACK) / 1024;
     println!(
         "{kind:?}: {n} stalled clients, partners flooding up to {RELAYS} relays of {RELAY_BYTES} B, \
          --outbox-bytes {OUTBOX_BYTES}; RSS at start {:.1} MiB; bound on growth {:.1} MiB",

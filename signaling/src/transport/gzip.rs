@@ -9,18 +9,23 @@
 //! never held back) and resets the dictionary: no piece can refer to another. What is left is compression
 //! inside one envelope (JSON field names, SDP lines), measured in `signaling/tests/sse_gzip.rs`.
 //!
-//! The compressor's memory is fixed per stream, whatever passes through it (see [`COMPRESSOR_BYTES`]); its
-//! output per piece is at most the piece plus a few bytes, and that output is what the pump's bounded channel
-//! holds.
+//! Since no piece refers to another, a stream needs no compressor of its own: each piece is deflated by the
+//! thread's one compressor, reset first, into a byte-aligned run of non-final blocks, and such runs concatenate
+//! into a valid deflate stream. A stream keeps only its CRC-32 and length; the compressors cost
+//! [`COMPRESSOR_BYTES`] per runtime worker thread, whatever the number of streams. The output per piece is at
+//! most the piece plus a few bytes, and that output is what the pump's bounded channel holds.
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
-/// What one stream's compressor holds, about, from miniz_oxide 0.9's buffer sizes: the 32 KiB window, two
-/// 64 KiB hash tables, the 64 KiB LZ code buffer, an 83 KiB output buffer and the Huffman tables (≈ 312 KiB).
-/// It is allocated once per gzipped stream and never grows; streams are capped by `--max-connections`, so
-/// gzip adds at most that many times this.
+/// What one compressor holds, about, from miniz_oxide 0.9's buffer sizes: the 32 KiB window, two 64 KiB hash
+/// tables, the 64 KiB LZ code buffer, an 83 KiB output buffer and the Huffman tables (≈ 312 KiB). There is one
+/// per thread that compresses (the runtime's workers), allocated on first use, never grown.
 pub const COMPRESSOR_BYTES: usize = 320 * 1024;
+
+thread_local! {
+    static DEFLATE: std::cell::RefCell<Compress> = std::cell::RefCell::new(Compress::new(Compression::new(LEVEL), false));
+}
 
 /// Level 1: each piece is one envelope at most, and the fastest level keeps most of what is to be gained
 /// there, at the least CPU for a stream flooded with large relays.
@@ -31,14 +36,13 @@ const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
 /// One gzip stream, written piece by piece.
 pub struct GzipStream {
-    deflate: Compress,
     crc: Crc,
     started: bool,
 }
 
 impl std::fmt::Debug for GzipStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GzipStream").field("in", &self.deflate.total_in()).finish_non_exhaustive()
+        f.debug_struct("GzipStream").field("in", &self.crc.amount()).finish_non_exhaustive()
     }
 }
 
@@ -51,7 +55,7 @@ impl Default for GzipStream {
 impl GzipStream {
     /// A new stream; its gzip header goes out with the first bytes.
     pub fn new() -> Self {
-        GzipStream { deflate: Compress::new(Compression::new(LEVEL), false), crc: Crc::new(), started: false }
+        GzipStream { crc: Crc::new(), started: false }
     }
 
     /// Compresses each of `pieces` in a context of its own and returns the bytes to send: they decode to
@@ -64,37 +68,48 @@ impl GzipStream {
         }
         for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
             self.crc.update(piece);
-            self.run(piece, FlushCompress::Full, &mut out);
+            deflate(piece, FlushCompress::Full, &mut out);
         }
         Bytes::from(out)
     }
 
-    /// The end of the stream: the last deflate block and the gzip trailer (CRC-32 and length).
+    /// The end of the stream: the final (empty) deflate block and the gzip trailer (CRC-32 and length).
     pub fn finish(&mut self) -> Bytes {
         let mut out = self.pieces([]).to_vec();
-        self.run(&[], FlushCompress::Finish, &mut out);
+        deflate(&[], FlushCompress::Finish, &mut out);
         out.extend_from_slice(&self.crc.sum().to_le_bytes());
         out.extend_from_slice(&self.crc.amount().to_le_bytes());
         Bytes::from(out)
     }
+}
 
-    fn run(&mut self, mut input: &[u8], flush: FlushCompress, out: &mut Vec<u8>) {
-        // Bounded: each round either consumes input or fills the room it was given; the cap is only a guard.
-        for _ in 0..1_000_000 {
-            out.reserve(input.len() / 2 + 256);
-            let before = self.deflate.total_in();
-            let status = self.deflate.compress_vec(input, out, flush);
-            input = &input[(self.deflate.total_in() - before) as usize..];
-            match status {
-                Ok(Status::StreamEnd) => return,
-                // The flush is complete once all input is in and the compressor stopped short of the room.
-                Ok(_) if input.is_empty() && out.len() < out.capacity() && flush != FlushCompress::Finish => return,
-                Ok(_) => {}
-                Err(e) => {
-                    // Cannot happen with a valid level; the stream is then cut short rather than wrong.
-                    tracing::warn!(error = %e, "gzip of an SSE piece failed");
-                    return;
-                }
+/// Deflates `input` with the thread's compressor, reset first: the output refers to nothing before it and
+/// ends byte-aligned (full flush), or with the final block (finish).
+fn deflate(input: &[u8], flush: FlushCompress, out: &mut Vec<u8>) {
+    DEFLATE.with(|c| {
+        // Only this function borrows it, and it never yields: the borrow cannot fail.
+        let Ok(mut c) = c.try_borrow_mut() else { return };
+        c.reset();
+        run(&mut c, input, flush, out);
+    });
+}
+
+fn run(deflate: &mut Compress, mut input: &[u8], flush: FlushCompress, out: &mut Vec<u8>) {
+    // Bounded: each round either consumes input or fills the room it was given; the cap is only a guard.
+    for _ in 0..1_000_000 {
+        out.reserve(input.len() / 2 + 256);
+        let before = deflate.total_in();
+        let status = deflate.compress_vec(input, out, flush);
+        input = &input[(deflate.total_in() - before) as usize..];
+        match status {
+            Ok(Status::StreamEnd) => return,
+            // The flush is complete once all input is in and the compressor stopped short of the room.
+            Ok(_) if input.is_empty() && out.len() < out.capacity() && flush != FlushCompress::Finish => return,
+            Ok(_) => {}
+            Err(e) => {
+                // Cannot happen with a valid level; the stream is then cut short rather than wrong.
+                tracing::warn!(error = %e, "gzip of an SSE piece failed");
+                return;
             }
         }
     }
@@ -161,6 +176,20 @@ mod tests {
         let mut whole = String::new();
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&wire[..]), &mut whole).unwrap();
         assert_eq!(whole, expect, "the trailer's CRC and length check out");
+    }
+
+    #[test]
+    fn streams_sharing_the_thread_compressor_stay_apart() {
+        let (mut a, mut b) = (GzipStream::new(), GzipStream::new());
+        let (mut wa, mut wb) = (Vec::new(), Vec::new());
+        for i in 0..20 {
+            wa.extend_from_slice(&a.pieces([format!("data: a{i}\n\n").as_bytes()]));
+            wb.extend_from_slice(&b.pieces([format!("data: b{i}-{}\n\n", "z".repeat(i * 100)).as_bytes()]));
+        }
+        wa.extend_from_slice(&a.finish());
+        let (text, complete) = decode(&wa);
+        assert!(complete && text.starts_with("data: a0\n\n") && text.ends_with("data: a19\n\n") && !text.contains('b'));
+        assert!(decode(&wb).0.ends_with(&format!("data: b19-{}\n\n", "z".repeat(1900))));
     }
 
     #[test]
