@@ -101,6 +101,15 @@ struct Msg {
     payload: Vec<u8>,
 }
 
+/// The bytes of a signaling WebSocket's HTTP upgrade (request and `101` response heads), if it was one.
+fn upgrade_bytes(conn: &Conn) -> usize {
+    let head_end = |b: &[u8]| b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    match (head_end(&conn.up), head_end(&conn.down)) {
+        (Some(a), Some(b)) => a + b,
+        _ => 0,
+    }
+}
+
 /// The text messages of one recorded connection, if it was a signaling WebSocket.
 fn messages(conn: &Conn) -> anyhow::Result<Vec<Msg>> {
     let head_end = |b: &[u8]| b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
@@ -224,6 +233,8 @@ pub struct Capture {
     pub up: Volume,
     /// What crossed, by message type and direction (`down:signal` …), with counts.
     pub types: Vec<(String, usize)>,
+    /// The HTTP upgrade requests and responses of these sessions (never compressed either way).
+    pub upgrade_bytes: usize,
     /// The same server → client messages as SSE events (`retry:`, `id:` and `data:` lines), plain.
     pub sse_plain_bytes: usize,
     /// … and gzipped as the server does it (each event's id and data compressed apart, gzip header and trailer).
@@ -248,6 +259,7 @@ fn measure(clients: &str, conns: &[Conn]) -> anyhow::Result<Capture> {
         down: Volume::default(),
         up: Volume::default(),
         types: Vec::new(),
+        upgrade_bytes: 0,
         sse_plain_bytes: 0,
         sse_gzip_bytes: 0,
     };
@@ -257,6 +269,7 @@ fn measure(clients: &str, conns: &[Conn]) -> anyhow::Result<Capture> {
             continue;
         }
         cap.sessions += 1;
+        cap.upgrade_bytes += upgrade_bytes(conn);
         let (plain, gz) = as_sse(&msgs);
         cap.sse_plain_bytes += plain;
         cap.sse_gzip_bytes += gz;
@@ -492,7 +505,13 @@ impl DeflateReport {
                 ));
             }
         }
-        s.push_str("\nThe same server → client messages as SSE streams (what `--sse-gzip` serves; chunked framing left out):\n\n");
+        for c in &self.captures {
+            s.push_str(&format!(
+                "\n{}: the {} HTTP upgrades (request + 101 response heads) took {} B more, uncompressed either way.",
+                c.clients, c.sessions, c.upgrade_bytes
+            ));
+        }
+        s.push_str("\n\nThe same server → client messages as SSE streams (what `--sse-gzip` serves; chunked framing left out):\n\n");
         s.push_str("| clients | sessions | SSE plain (B) | SSE gzip, each piece alone (B) |\n|---|---:|---:|---:|\n");
         for c in &self.captures {
             s.push_str(&format!(
