@@ -38,7 +38,7 @@ impl Stream {
     }
 
     /// Reads until the body ends; returns the text and whether the gzip stream ended with a valid trailer.
-    async fn to_end(&mut self) -> (String, bool) {
+    async fn read_to_end(&mut self) -> (String, bool) {
         let deadline = tokio::time::Instant::now() + common::WAIT;
         while let Some(chunk) = tokio::time::timeout_at(deadline, self.body.next()).await.expect("the body ends in time") {
             let chunk = chunk.expect("a body chunk");
@@ -116,7 +116,7 @@ async fn gzipped_event_streams_deliver_every_event_promptly() {
 
     // A shutdown ends the stream with the close event and a complete gzip member (trailer included).
     let stop = tokio::spawn(srv.shutdown());
-    let (text, complete) = a.to_end().await;
+    let (text, complete) = a.read_to_end().await;
     stop.await.unwrap();
     assert!(complete, "the gzip stream ended without its trailer");
     assert!(text.contains("event: close\ndata: {\"code\":4000"), "{text:?}");
