@@ -6,9 +6,11 @@
 //! over WebSocket, SSE + POST, long polling and short polling. Per message size: setup time, echo RTT, one-way
 //! latency under a paced load, unpaced throughput; 1 → N fan-out; for relayed rows the server's CPU, bytes and
 //! HTTP requests per delivery. Tables on stdout (median across passes), JSON (`--json`), SVG charts (`--svg`).
-//! `bench p2p` and `bench relay` run one half. See docs/benchmarks.md.
+//! `bench p2p` and `bench relay` run one half; `bench deflate` measures what WebSocket compression would save
+//! on recorded signaling frames. See docs/benchmarks.md.
 
 mod chart;
+mod deflate;
 mod harness;
 mod link;
 mod report;
@@ -44,6 +46,13 @@ enum Cmd {
     P2p,
     /// Server-relayed messages over WebSocket, SSE, long polling and short polling (1 s, 250 ms).
     Relay,
+    /// What RFC 7692 permessage-deflate would save on the WebSocket frames of a real negotiation (two native
+    /// peers; with `--browser`, also two headless Chromium pages on the demo), recorded by a TCP proxy.
+    Deflate {
+        /// Also capture two Chromium pages (needs `chromium`; run inside a loopback-only namespace).
+        #[arg(long)]
+        browser: bool,
+    },
     /// The signaling server of the relayed techniques (run by the benchmark itself as a child process).
     #[command(hide = true)]
     ServeSignaling,
@@ -184,6 +193,17 @@ fn main() -> anyhow::Result<()> {
     }
     // Both ends of every link run on this one runtime: one worker per core, as a real app would.
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if let Some(Cmd::Deflate { browser }) = &cli.cmd {
+        let command = std::env::args().map(|a| shell_quote(&a)).collect::<Vec<_>>().join(" ");
+        let report = rt.block_on(deflate::run(*browser, command))?;
+        print!("{}", report.markdown());
+        if let Some(path) = &cli.opts.json {
+            std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
     let (report, ok) = rt.block_on(run(cli.cmd.unwrap_or(Cmd::All), &cli.opts))?;
     output(&report, &cli.opts)?;
     if !ok {
@@ -220,7 +240,7 @@ async fn run(cmd: Cmd, opts: &Opts) -> anyhow::Result<(Report, bool)> {
         Cmd::All => "all",
         Cmd::P2p => "p2p",
         Cmd::Relay => "relay",
-        Cmd::Merge { .. } | Cmd::ServeSignaling => unreachable!("handled in main"),
+        Cmd::Merge { .. } | Cmd::ServeSignaling | Cmd::Deflate { .. } => unreachable!("handled in main"),
     };
 
     // The signaling server of the P2P rows, in-process on an ephemeral loopback port (only used for setup).

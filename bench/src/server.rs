@@ -107,6 +107,7 @@ pub fn serve_main() -> anyhow::Result<()> {
             ice_servers: Default::default(),
             // The bench measures the transports: its load must never meet a rate or outbox limit.
             node: signaling::limits::LimitFlags::unlimited(),
+            sse_gzip: cfg.sse_gzip,
         }));
         let requests = Arc::new(AtomicU64::new(0));
         let counted = {

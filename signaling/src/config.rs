@@ -45,6 +45,12 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_HEARTBEAT_TIMEOUT_MS", default_value_t = 5_000)]
     pub heartbeat_timeout_ms: u64,
 
+    /// Gzip SSE streams for clients that send `Accept-Encoding: gzip` (flushed after every event, each piece
+    /// compressed on its own by the thread's compressor: about 320 KiB per worker thread, nothing per stream).
+    /// `--sse-gzip false` sends them uncompressed.
+    #[arg(long, env = "SIGNALING_SSE_GZIP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sse_gzip: bool,
+
     /// Serve the web demo from this folder instead of the copy built into the binary (for development).
     #[arg(long, env = "SIGNALING_WEB_ROOT")]
     pub web_root: Option<PathBuf>,

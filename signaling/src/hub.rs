@@ -26,6 +26,8 @@ pub struct HubConfig {
     pub ice_servers: crate::ice::IceServers,
     /// Rate, node, size and outbox-byte limits (`crate::limits`).
     pub node: crate::limits::LimitFlags,
+    /// Whether SSE streams may be gzipped for clients that accept it (`--sse-gzip`).
+    pub sse_gzip: bool,
 }
 
 /// Why a join was refused.
@@ -427,6 +429,7 @@ mod tests {
             resume_window: Duration::from_millis(300),
             ice_servers: Default::default(),
             node: crate::limits::LimitFlags::default(),
+            sse_gzip: true,
         })
     }
 

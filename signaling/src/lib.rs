@@ -100,6 +100,7 @@ impl Server {
             resume_window: Duration::from_millis(cfg.resume_window_ms),
             ice_servers,
             node: cfg.limits.clone(),
+            sse_gzip: cfg.sse_gzip,
         })
         .with_gate(gate));
         Ok(Server { listener, addr, hub, cfg, stun, edge })

@@ -88,16 +88,18 @@ pub fn routes(
         .and(resume_query)
         .and(authorization.clone())
         .and(warp::header::optional::<String>("last-event-id"))
+        .and(warp::header::optional::<String>("accept-encoding"))
         .and(client_ip())
         .and(with_hub.clone())
-        .map(|room: String, q: ResumeQuery, auth: Option<String>, last: Option<String>, ip: ClientIp, hub: Arc<Hub>| {
+        .map(|room: String, q: ResumeQuery, auth: Option<String>, last: Option<String>, ae: Option<String>, ip: ClientIp, hub: Arc<Hub>| {
             let token = join_token(&q, auth.as_deref());
             let start = match last {
                 Some(id) => sse::parse_last_event_id(&id),
                 None => q.start(),
             };
             let start = hub.joins().admit(ip, start);
-            sse::respond(room, start, token, hub)
+            let gzip = hub.config().sse_gzip && ae.as_deref().is_some_and(crate::transport::gzip::accepts_gzip);
+            sse::respond(room, start, token, hub, gzip)
         })
         .recover(crate::origin::recover);
 

@@ -161,6 +161,7 @@ async fn hub_with_turn(file: &std::path::Path) -> Arc<Hub> {
         resume_window: std::time::Duration::from_secs(1),
         ice_servers: ice,
         node: Default::default(),
+        sse_gzip: true,
     }))
 }
 

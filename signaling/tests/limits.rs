@@ -199,6 +199,7 @@ async fn twenty_thousand_rooms_from_one_client_stop_at_max_rooms() {
         resume_window: Duration::from_secs(30),
         ice_servers: Default::default(),
         node: signaling::limits::LimitFlags { max_rooms: 100, ..Default::default() },
+        sse_gzip: true,
     });
     let mut held = Vec::new();
     let mut refused = 0;

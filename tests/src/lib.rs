@@ -653,3 +653,42 @@ pub async fn keep_failure_artifacts<T>(
 pub fn signaling_binary_path() -> Result<PathBuf> {
     signaling_binary()
 }
+
+// --- Memory of the server child, for the slow-consumer tests ---
+
+/// Resident memory of a process, from `/proc/<pid>/status` (Linux), in KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// `VmRSS`: resident now.
+    pub rss_kib: u64,
+    /// `VmHWM`: the peak resident size since start (or since [`SignalingServer::reset_peak_memory`]).
+    pub hwm_kib: u64,
+}
+
+impl SignalingServer {
+    /// The server process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident memory now and its peak.
+    pub fn memory(&self) -> Result<Memory> {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("no {name} in {path}"))
+        };
+        Ok(Memory { rss_kib: field("VmRSS:")?, hwm_kib: field("VmHWM:")? })
+    }
+
+    /// Resets `VmHWM` to the current RSS (writes `5` to `/proc/<pid>/clear_refs`, Linux ≥ 4.0), so the next
+    /// [`memory`](Self::memory) reports the peak of what follows.
+    pub fn reset_peak_memory(&self) -> Result<()> {
+        let path = format!("/proc/{}/clear_refs", self.child.id());
+        std::fs::write(&path, "5").with_context(|| format!("writing {path}"))
+    }
+}

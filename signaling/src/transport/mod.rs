@@ -3,6 +3,7 @@
 //! Streaming transports (WebSocket, SSE) drain a session through one [`Feed`]; polling reads the same
 //! buffer per request. Whatever carries them, clients get the same envelopes with the same `seq`.
 
+pub mod gzip;
 pub mod http;
 pub mod sse;
 pub mod ws;

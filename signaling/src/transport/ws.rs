@@ -20,6 +20,11 @@ use warp::ws::{Message, WebSocket};
 /// because the transport would otherwise have to buffer it.
 pub const HARD_LIMIT_FACTOR: usize = 4;
 
+/// Client bytes one reader handles before it lets other tasks run. Without it a client flooding large
+/// messages keeps a worker for a whole coop budget of socket reads (hundreds of frames already buffered):
+/// `tests/tests/slow_consumer.rs` saw another room's ping wait up to ~1 s behind 20 such floods.
+const YIELD_EVERY_BYTES: usize = 256 * 1024;
+
 /// How long the writer may take to send the close frame before the socket is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -130,7 +135,12 @@ async fn read_loop(
     writer: &mut JoinHandle<WriterEnd>,
 ) -> ReadEnd {
     let max = hub.config().limits.max_message_bytes;
+    let mut since_yield = 0usize;
     loop {
+        if since_yield >= YIELD_EVERY_BYTES {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         let frame = tokio::select! {
             w = &mut *writer => return ReadEnd::Writer(w.unwrap_or(WriterEnd::Gone)),
             // Any frame proves the client alive; the server pings every interval, so a live client
@@ -151,6 +161,7 @@ async fn read_loop(
             Ok(Some(Ok(msg))) => msg,
         };
         session.touch();
+        since_yield += msg.as_bytes().len();
         if msg.is_close() {
             return match msg.close_frame() {
                 None | Some((1000 | 1001, _)) => ReadEnd::Closed,
