@@ -196,3 +196,56 @@ async fn five_thousand_connections_from_one_ip_hold_only_the_cap() {
     assert!(get_healthz(srv.addr).await.starts_with("HTTP/1.1 200"));
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 }
+
+/// An SSE client that stops reading: its session ends as a slow consumer, but hyper still holds what it had
+/// taken for the socket, and the connection slot, for as long as the client keeps the socket open. The
+/// write-stall timeout ends such a connection.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_at_the_write_stall_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let srv = start(|c| {
+        c.edge.write_stall_timeout_ms = 500;
+        // Far beyond the test: a keep-alive wait must not be what closes the connection.
+        c.edge.header_read_timeout_ms = 60_000;
+        c.limits.rate_per_sec = 1e6;
+        c.limits.rate_burst = 1_000_000;
+    })
+    .await;
+    // A tiny receive window, so the server's writes stall after a few KB.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut sse = sock.connect(srv.addr).await.unwrap();
+    sse.write_all(b"GET /v1/rooms/stall/sse HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut head = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(5), sse.read(&mut head)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).contains("\"welcome\""), "{}", String::from_utf8_lossy(&head[..n]));
+    let (mut partner, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/rooms/stall/ws", srv.addr)).await.unwrap();
+    let welcome = loop {
+        match tokio::time::timeout(Duration::from_secs(5), partner.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => break protocol::ServerEnvelope::decode(&t).unwrap(),
+            other => assert!(matches!(other, Some(Ok(_))), "{other:?}"),
+        }
+    };
+    let protocol::ServerMessage::Welcome(w) = welcome.msg else { panic!("{:?}", welcome.msg) };
+    let target = w.peers[0].clone();
+    let relay = protocol::ClientMessage::Relay { to: Some(target), data: serde_json::json!("z".repeat(60_000)) }.encode();
+    // Flood until the stalled stream's session is gone (peer-left slow-consumer), bounded.
+    let mut gone = false;
+    for _ in 0..2000 {
+        partner.send(Message::text(relay.clone())).await.unwrap();
+        if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(1), partner.next()).await {
+            if let protocol::ServerMessage::PeerLeft { reason, .. } = protocol::ServerEnvelope::decode(&t).unwrap().msg {
+                assert_eq!(reason, protocol::LeaveReason::SlowConsumer);
+                gone = true;
+                break;
+            }
+        }
+    }
+    assert!(gone, "the stalled stream was never closed as a slow consumer");
+    // Still not reading: the connection itself must go, leaving only the partner's.
+    let stalled_at = Instant::now();
+    wait_until("the stalled connection closed", || srv.conns.total() == 1).await;
+    println!("stalled SSE connection closed {:?} after its session ended", stalled_at.elapsed());
+    drop(sse);
+}

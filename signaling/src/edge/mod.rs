@@ -17,6 +17,7 @@ use crate::client_addr::{self, Cidr, PeerAddr, TrustedProxies};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use limits::{ConnLimits, ConnSlot, Refusal};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -83,6 +84,12 @@ pub struct EdgeFlags {
     /// same time is closed.
     #[arg(long, env = "SIGNALING_HTTP2_KEEPALIVE_MS", default_value_t = 20_000)]
     pub http2_keepalive_ms: u64,
+
+    /// How long a write to a client may make no progress at all (its TCP window stays shut), in milliseconds,
+    /// before the connection is closed. A client that stops reading otherwise keeps whatever hyper and the
+    /// kernel already hold for it, and its connection slot, for as long as it keeps the socket open.
+    #[arg(long, env = "SIGNALING_WRITE_STALL_TIMEOUT_MS", default_value_t = 30_000)]
+    pub write_stall_timeout_ms: u64,
 }
 
 /// Why the edge settings cannot work.
@@ -106,6 +113,7 @@ impl EdgeFlags {
             ("--tls-handshake-timeout-ms", self.tls_handshake_timeout_ms),
             ("--header-read-timeout-ms", self.header_read_timeout_ms),
             ("--http2-keepalive-ms", self.http2_keepalive_ms),
+            ("--write-stall-timeout-ms", self.write_stall_timeout_ms),
         ] {
             if v == 0 {
                 return Err(EdgeError::Zero(flag));
@@ -224,6 +232,10 @@ impl Edge {
         }
     }
 
+    fn write_stall(&self) -> Duration {
+        Duration::from_millis(self.flags.write_stall_timeout_ms)
+    }
+
     async fn connection<S>(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, slot: ConnSlot, svc: S, stop: watch::Receiver<bool>)
     where
         S: tower_service::Service<hyper::Request<Incoming>, Response = warp::reply::Response, Error = std::convert::Infallible>
@@ -244,12 +256,12 @@ impl Edge {
                         return;
                     }
                 };
-                self.http(Counted { inner: tcp, _slot: slot }, h2, peer, svc, stop).await;
+                self.http(Counted::new(tcp, slot, self.write_stall()), h2, peer, svc, stop).await;
             }
             Some(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                 let hs = Duration::from_millis(self.flags.tls_handshake_timeout_ms);
-                let stream = match tokio::time::timeout(hs, acceptor.accept(Counted { inner: tcp, _slot: slot })).await {
+                let stream = match tokio::time::timeout(hs, acceptor.accept(Counted::new(tcp, slot, self.write_stall()))).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -399,10 +411,41 @@ async fn sniff_h2(tcp: &TcpStream) -> std::io::Result<bool> {
 }
 
 /// A connection's stream with its cap slot: the slot is given back when the stream is dropped, which for a
-/// WebSocket is when the upgraded socket closes, not when the HTTP exchange ends.
+/// WebSocket is when the upgraded socket closes, not when the HTTP exchange ends. Writes that make no progress
+/// for `stall_limit` fail with `TimedOut`, which ends the connection (HTTP/1, HTTP/2 and upgraded WebSockets
+/// alike, since all of them write through here, under TLS too).
 struct Counted<S> {
     inner: S,
     _slot: ConnSlot,
+    stall_limit: Duration,
+    // Armed when a write first returns Pending, disarmed by any progress.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S, slot: ConnSlot, stall_limit: Duration) -> Self {
+        Counted { inner, _slot: slot, stall_limit, stall: None }
+    }
+
+    /// Turns a write's Pending into an error once nothing has moved for `stall_limit`.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.stall = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = self.stall_limit;
+                let timer = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.stall = None;
+                    tracing::debug!("closed: the client read nothing within the write-stall timeout");
+                    return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write stalled")));
+                }
+                Poll::Pending
+            }
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -413,16 +456,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, polled)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(cx, polled)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch(cx, polled)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
