@@ -15,6 +15,7 @@ pub mod auth;
 pub mod client_addr;
 pub mod config;
 pub mod edge;
+pub mod fuzzing;
 pub mod hub;
 pub mod ice;
 pub mod origin;
@@ -93,16 +94,7 @@ impl Server {
         let listener = bind_listener(cfg.listen).await.map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let (ice_servers, stun) = ice::setup(&cfg.ice, cfg.listen).await?;
-        let hub = Arc::new(Hub::new(HubConfig {
-            limits: Limits { max_message_bytes: cfg.max_message_bytes, max_peers: cfg.max_peers },
-            heartbeat: Heartbeat { interval_ms: cfg.heartbeat_interval_ms, timeout_ms: cfg.heartbeat_timeout_ms },
-            outbox: cfg.outbox,
-            resume_window: Duration::from_millis(cfg.resume_window_ms),
-            ice_servers,
-            node: cfg.limits.clone(),
-            sse_gzip: cfg.sse_gzip,
-        })
-        .with_gate(gate));
+        let hub = Arc::new(Hub::new(hub_config(&cfg, ice_servers)).with_gate(gate));
         Ok(Server { listener, addr, hub, cfg, stun, edge })
     }
 
@@ -164,6 +156,20 @@ impl Server {
         }
         reaper.abort();
         tracing::info!(left_open = hub.session_count(), "stopped");
+    }
+}
+
+/// The session core's settings of a server run with `cfg` (shared with [`fuzzing`], which builds the same core
+/// without a listener).
+fn hub_config(cfg: &Config, ice_servers: ice::IceServers) -> HubConfig {
+    HubConfig {
+        limits: Limits { max_message_bytes: cfg.max_message_bytes, max_peers: cfg.max_peers },
+        heartbeat: Heartbeat { interval_ms: cfg.heartbeat_interval_ms, timeout_ms: cfg.heartbeat_timeout_ms },
+        outbox: cfg.outbox,
+        resume_window: Duration::from_millis(cfg.resume_window_ms),
+        ice_servers,
+        node: cfg.limits.clone(),
+        sse_gzip: cfg.sse_gzip,
     }
 }
 

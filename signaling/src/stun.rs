@@ -25,7 +25,7 @@ pub const RATE_BURST: f64 = 20.0;
 /// Answers a second a source address may get after its burst.
 pub const RATE_PER_SEC: f64 = 10.0;
 /// Sources tracked at once; when full, idle ones are forgotten, and if none is idle new sources wait.
-const MAX_SOURCES: usize = 4096;
+pub(crate) const MAX_SOURCES: usize = 4096;
 /// A source idle this long is forgotten (its bucket would be full again anyway).
 const SOURCE_IDLE: Duration = Duration::from_secs(10);
 
@@ -79,7 +79,7 @@ impl StunResponder {
                     continue;
                 }
             };
-            let Some(response) = (len <= MAX_REQUEST).then(|| respond(&buf[..len], src)).flatten() else {
+            let Some(response) = answer(&buf[..len], src) else {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
@@ -95,6 +95,12 @@ impl StunResponder {
             }
         }
     }
+}
+
+/// What the responder does with one received datagram from `src` (oversized ones are not even parsed): the
+/// bytes to send back, or `None` to drop it. The rate limit comes after.
+pub fn answer(datagram: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+    (datagram.len() <= MAX_REQUEST).then(|| respond(datagram, src)).flatten()
 }
 
 /// The answer to one datagram from `src`: a Binding success response, or `None` to drop it.
@@ -121,12 +127,18 @@ pub fn respond(packet: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
 
 /// Token buckets per source address, in a bounded table.
 #[derive(Debug, Default)]
-struct RateLimiter {
+pub(crate) struct RateLimiter {
     buckets: HashMap<IpAddr, (f64, Instant)>,
 }
 
 impl RateLimiter {
-    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+    /// Sources tracked now (at most `MAX_SOURCES`).
+    pub(crate) fn sources(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether `ip` may get an answer at `now`; takes a token if so.
+    pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= MAX_SOURCES {
             self.buckets.retain(|_, (_, last)| now.duration_since(*last) < SOURCE_IDLE);
             if self.buckets.len() >= MAX_SOURCES {

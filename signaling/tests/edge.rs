@@ -249,3 +249,42 @@ async fn a_client_that_stops_reading_is_closed_at_the_write_stall_timeout() {
     println!("stalled SSE connection closed {:?} after its session ended", stalled_at.elapsed());
     drop(sse);
 }
+
+/// A request target with no path: a bare word or a host (which hyper reads as authority-form), `host:port`
+/// (CONNECT's form), `*`. warp's routing assumes every path starts with `/` and panicked on such a request (an
+/// earlier fuzz run found it); the edge answers `400 bad-message` before the request reaches warp, and the
+/// connection and the server go on.
+#[tokio::test]
+async fn a_request_target_without_a_path_gets_400_bad_message() {
+    let srv = start(|_| {}).await;
+    for request in [
+        "GET ET HTTP/1.1\r\nhost: x\r\n\r\n",
+        "GET example.com HTTP/1.1\r\nhost: example.com\r\n\r\n",
+        "POST example.com:80 HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}",
+        "CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n",
+        "OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\n",
+        "HEAD ET HTTP/1.0\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        // The same connection then asks for /healthz: a refused target does not end it.
+        let follow = "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+        s.write_all(format!("{request}{follow}").as_bytes()).await.unwrap();
+        let (got, ended) = read_to_end_within(&mut s, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(ended, "{request:?}: no end: {text}");
+        let version = if request.contains("HTTP/1.0") { "HTTP/1.0" } else { "HTTP/1.1" };
+        assert!(text.starts_with(&format!("{version} 400 Bad Request\r\n")), "{request:?}: {text}");
+        let head_end = text.find("\r\n\r\n").unwrap() + 4;
+        let head = text[..head_end].to_ascii_lowercase();
+        assert!(head.contains("content-type: application/json"), "{request:?}: {text}");
+        if !request.starts_with("HEAD") {
+            let body_len: usize = head.split("content-length: ").nth(1).and_then(|l| l.split("\r\n").next()).unwrap().parse().unwrap();
+            let err: protocol::HttpError = serde_json::from_str(&text[head_end..head_end + body_len]).unwrap();
+            assert_eq!(err.code, protocol::ErrorCode::BadMessage, "{request:?}");
+            if !request.contains("HTTP/1.0") {
+                assert!(text[head_end + body_len..].starts_with("HTTP/1.1 200 OK"), "{request:?}: no /healthz after: {text}");
+            }
+        }
+    }
+    assert!(get_healthz(srv.addr).await.contains("200 OK"));
+}

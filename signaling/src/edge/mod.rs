@@ -278,6 +278,19 @@ impl Edge {
         }
     }
 
+    /// Serves one connection over `io` as an accepted plain-TCP connection from `peer` is served once its
+    /// protocol is known (HTTP/2 prior knowledge when `h2`), holding no cap slot: how [`crate::fuzzing`] drives
+    /// the real edge over an in-memory stream, with no socket per input.
+    pub(crate) async fn serve_stream<I, F>(&self, io: I, h2: bool, peer: SocketAddr, filter: F, stop: watch::Receiver<bool>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: warp::Filter + Clone + Send + Sync + 'static,
+        F::Extract: warp::Reply,
+        F::Future: Send,
+    {
+        self.http(io, h2, peer, warp::service(filter), stop).await;
+    }
+
     async fn http<I, S>(&self, io: I, h2: bool, peer: SocketAddr, svc: S, mut stop: watch::Receiver<bool>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -289,12 +302,16 @@ impl Edge {
     {
         let trusted = self.trusted.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            if let Some(refused) = refuse_target(req.uri()) {
+                tracing::debug!(%peer, "refused: a request target without a path");
+                return futures_util::future::Either::Left(std::future::ready(Ok(refused)));
+            }
             let xff = req.headers().get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
             let ip = client_addr::resolve(peer.ip(), &trusted, xff);
             req.extensions_mut().insert(PeerAddr(peer));
             req.extensions_mut().insert(ip);
             let mut svc = svc.clone();
-            tower_service::Service::call(&mut svc, req)
+            futures_util::future::Either::Right(tower_service::Service::call(&mut svc, req))
         });
         let io = TokioIo::new(io);
         let result = if h2 {
@@ -362,6 +379,20 @@ impl Edge {
     }
 }
 
+/// The answer to a request whose target has no path (authority-form `host:port`, `*`, or a bare word that hyper
+/// reads as a host): `400 bad-message`, before it reaches warp, whose routing assumes a path that starts with `/`
+/// (and panicked on one without). `None` for a request that may go on.
+pub(crate) fn refuse_target(uri: &hyper::Uri) -> Option<warp::reply::Response> {
+    if uri.path().starts_with('/') {
+        return None;
+    }
+    Some(crate::transport::http::error(
+        warp::http::StatusCode::BAD_REQUEST,
+        protocol::ErrorCode::BadMessage,
+        "the request target must be a path starting with /",
+    ))
+}
+
 /// Writes `response`, closes our side, and reads (and drops) what the client still sends for a moment, so its
 /// request does not turn the close into a reset that destroys the response before the client reads it.
 async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, response: &[u8]) {
@@ -387,7 +418,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// What an HTTP/2 prior-knowledge client sends first.
+pub(crate) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Waits for the first bytes and says whether they are the HTTP/2 prior-knowledge preface. Only peeks, so
 /// hyper reads them again.
