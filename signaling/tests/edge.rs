@@ -1,6 +1,8 @@
 //! Hostile clients at the TCP/HTTP edge, against a real server on 127.0.0.1:0: slowloris, idle sockets,
 //! connection floods from one address, the node-wide cap, a trusted proxy's exemption.
 
+mod common;
+
 use signaling::{Config, Server};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -221,12 +223,7 @@ async fn a_client_that_stops_reading_is_closed_at_the_write_stall_timeout() {
     let n = tokio::time::timeout(Duration::from_secs(5), sse.read(&mut head)).await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&head[..n]).contains("\"welcome\""), "{}", String::from_utf8_lossy(&head[..n]));
     let (mut partner, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/rooms/stall/ws", srv.addr)).await.unwrap();
-    let welcome = loop {
-        match tokio::time::timeout(Duration::from_secs(5), partner.next()).await.unwrap() {
-            Some(Ok(Message::Text(t))) => break protocol::ServerEnvelope::decode(&t).unwrap(),
-            other => assert!(matches!(other, Some(Ok(_))), "{other:?}"),
-        }
-    };
+    let welcome = common::recv_envelope(&mut partner).await.expect("the partner's welcome");
     let protocol::ServerMessage::Welcome(w) = welcome.msg else { panic!("{:?}", welcome.msg) };
     let target = w.peers[0].clone();
     let relay = protocol::ClientMessage::Relay { to: Some(target), data: serde_json::json!("z".repeat(60_000)) }.encode();
