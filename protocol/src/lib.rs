@@ -316,6 +316,8 @@ pub enum ErrorCode {
     TooManyCandidates,
     /// A `POST` whose `Content-Type` is not `application/json` (HTTP 415).
     UnsupportedMediaType,
+    /// A request body that did not arrive in full within the server's body-read timeout (HTTP 408).
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -340,6 +342,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too-many-connections",
             ErrorCode::TooManyCandidates => "too-many-candidates",
             ErrorCode::UnsupportedMediaType => "unsupported-media-type",
+            ErrorCode::RequestTimeout => "request-timeout",
         }
     }
 }

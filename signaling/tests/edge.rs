@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use futures_util::StreamExt;
 
 struct Running {
     addr: SocketAddr,
@@ -286,4 +287,71 @@ async fn a_request_target_without_a_path_gets_400_bad_message() {
         }
     }
     assert!(get_healthz(srv.addr).await.contains("200 OK"));
+}
+
+/// A request head that promises a body and then sends only part of it (`Content-Length: 100`, one byte) is past
+/// the header timeout; the body-read timeout ends it: a route that reads the body answers `408 request-timeout`
+/// and the connection closes, a route that ignores the body does not keep the connection waiting for the rest.
+/// A body that trickles in but finishes in time is served as usual. Over HTTP/2 the stalled stream is answered
+/// the same way.
+#[tokio::test]
+async fn a_request_body_that_never_finishes_is_cut_off_at_the_body_read_timeout() {
+    let srv = start(|c| {
+        c.edge.header_read_timeout_ms = 500;
+        c.edge.body_read_timeout_ms = 1500;
+    })
+    .await;
+    for (name, head) in [
+        ("post", "POST /v1/sessions/nobody HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"),
+        ("get", "GET /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"),
+    ] {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        let started = Instant::now();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let (got, ended) = read_to_end_within(&mut s, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&got);
+        let after = started.elapsed();
+        assert!(ended, "{name}: still open after 5 s: {text}");
+        assert!(after < Duration::from_millis(3500), "{name}: closed too late: {after:?}");
+        if name == "post" {
+            assert!(after >= Duration::from_millis(1400), "{name}: closed before the body timeout: {after:?}");
+            assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{name}: {text}");
+            assert!(text.to_ascii_lowercase().contains("connection: close"), "{name}: {text}");
+            assert!(text.contains("\"code\":\"request-timeout\""), "{name}: {text}");
+        }
+    }
+    wait_until("the cut-off connections' slots come back", || srv.conns.total() == 0).await;
+
+    // In time, though in pieces: the POST reaches the route (401 unauthorized: it has no session token).
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(b"POST /v1/sessions/nobody HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 15\r\n\r\n{\"type\":").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    s.write_all(b"\"ping\"}").await.unwrap();
+    let (got, ended) = read_to_end_within(&mut s, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(ended && text.starts_with("HTTP/1.1 401"), "slow but complete body: {text}");
+    assert!(text.contains("\"code\":\"unauthorized\""), "{text}");
+
+    // HTTP/2 (prior knowledge): a stream whose DATA never ends.
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let chunks = futures_util::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{")) })
+        .chain(futures_util::stream::pending());
+    let started = Instant::now();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        client
+            .post(format!("http://{}/v1/sessions/nobody", srv.addr))
+            .header("content-type", "application/json")
+            .header("content-length", "100")
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send(),
+    )
+    .await
+    .expect("h2 answer within 5 s")
+    .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 408);
+    assert!(started.elapsed() >= Duration::from_millis(1400), "{:?}", started.elapsed());
+    assert!(resp.text().await.unwrap().contains("request-timeout"));
+    assert!(get_healthz(srv.addr).await.starts_with("HTTP/1.1 200"));
 }

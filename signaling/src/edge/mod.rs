@@ -3,17 +3,19 @@
 //! warp 0.4 has no TLS and no hook on accepted sockets, so connections are accepted here and the filter is
 //! served as a hyper service. Everything a hostile client can hold open is bounded here, before a request
 //! reaches a route: connection caps (node-wide, per TCP peer) taken at accept, a deadline for the first byte,
-//! for the TLS handshake and for the request head, TCP keepalive for half-open sockets, and HTTP/2 pings.
+//! for the TLS handshake, for the request head and for its body, TCP keepalive for half-open sockets, and HTTP/2 pings.
 //!
 //! hyper-util's auto builder is not used for the protocol choice: with upgrades enabled its HTTP/1-or-2 sniff
 //! reads the first 24 bytes with no deadline, so a client that sends `PRI * HTT` and stops would hold the
 //! connection. The choice is made here instead, by ALPN on TLS and by peeking (under the idle deadline) on
 //! plain TCP, and hyper's HTTP/1 or HTTP/2 connection is driven directly.
 
+pub mod body;
 pub mod limits;
 pub mod tls;
 
 use crate::client_addr::{self, Cidr, PeerAddr, TrustedProxies};
+use body::Deadline;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use limits::{ConnLimits, ConnSlot, Refusal};
@@ -22,6 +24,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tls::{TlsError, TlsState};
@@ -75,6 +78,11 @@ pub struct EdgeFlags {
     #[arg(long, env = "SIGNALING_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
 
+    /// How long a request body may take to arrive in full once its head is in, in milliseconds; a body still
+    /// unfinished then gets `408 request-timeout` and its connection is closed.
+    #[arg(long, env = "SIGNALING_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
+
     /// TCP keepalive idle time on accepted sockets, in seconds (0 = off): a peer that vanished without a FIN
     /// is detected after this plus 3 probes 5 s apart.
     #[arg(long, env = "SIGNALING_TCP_KEEPALIVE_SECS", default_value_t = 30)]
@@ -112,6 +120,7 @@ impl EdgeFlags {
             ("--idle-timeout-ms", self.idle_timeout_ms),
             ("--tls-handshake-timeout-ms", self.tls_handshake_timeout_ms),
             ("--header-read-timeout-ms", self.header_read_timeout_ms),
+            ("--body-read-timeout-ms", self.body_read_timeout_ms),
             ("--http2-keepalive-ms", self.http2_keepalive_ms),
             ("--write-stall-timeout-ms", self.write_stall_timeout_ms),
         ] {
@@ -238,7 +247,7 @@ impl Edge {
 
     async fn connection<S>(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, slot: ConnSlot, svc: S, stop: watch::Receiver<bool>)
     where
-        S: tower_service::Service<hyper::Request<Incoming>, Response = warp::reply::Response, Error = std::convert::Infallible>
+        S: tower_service::Service<hyper::Request<Deadline<Incoming>>, Response = warp::reply::Response, Error = std::convert::Infallible>
             + Clone
             + Send
             + 'static,
@@ -294,24 +303,38 @@ impl Edge {
     async fn http<I, S>(&self, io: I, h2: bool, peer: SocketAddr, svc: S, mut stop: watch::Receiver<bool>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: tower_service::Service<hyper::Request<Incoming>, Response = warp::reply::Response, Error = std::convert::Infallible>
+        S: tower_service::Service<hyper::Request<Deadline<Incoming>>, Response = warp::reply::Response, Error = std::convert::Infallible>
             + Clone
             + Send
             + 'static,
         S::Future: Send + 'static,
     {
         let trusted = self.trusted.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let body_limit = Duration::from_millis(self.flags.body_read_timeout_ms);
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             if let Some(refused) = refuse_target(req.uri()) {
                 tracing::debug!(%peer, "refused: a request target without a path");
                 return futures_util::future::Either::Left(std::future::ready(Ok(refused)));
             }
             let xff = req.headers().get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
             let ip = client_addr::resolve(peer.ip(), &trusted, xff);
+            let expired = Arc::new(AtomicBool::new(false));
+            let (parts, body) = req.into_parts();
+            let mut req = hyper::Request::from_parts(parts, Deadline::new(body, body_limit, expired.clone()));
             req.extensions_mut().insert(PeerAddr(peer));
             req.extensions_mut().insert(ip);
             let mut svc = svc.clone();
-            futures_util::future::Either::Right(tower_service::Service::call(&mut svc, req))
+            let call = tower_service::Service::call(&mut svc, req);
+            futures_util::future::Either::Right(async move {
+                let res = call.await;
+                if expired.load(Ordering::Relaxed) {
+                    // Whatever the route made of its failed body read (warp words it as a plain-text 400), the
+                    // client is told what happened, with a stable code.
+                    tracing::debug!(%peer, "refused: the request body did not arrive within the body-read timeout");
+                    return Ok(request_timeout());
+                }
+                res
+            })
         });
         let io = TokioIo::new(io);
         let result = if h2 {
@@ -391,6 +414,17 @@ pub(crate) fn refuse_target(uri: &hyper::Uri) -> Option<warp::reply::Response> {
         protocol::ErrorCode::BadMessage,
         "the request target must be a path starting with /",
     ))
+}
+
+/// `408 request-timeout`, for a request whose body did not arrive in time; the connection closes after it.
+fn request_timeout() -> warp::reply::Response {
+    let mut res = crate::transport::http::error(
+        warp::http::StatusCode::REQUEST_TIMEOUT,
+        protocol::ErrorCode::RequestTimeout,
+        "the request body did not arrive within the body-read timeout",
+    );
+    res.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    res
 }
 
 /// Writes `response`, closes our side, and reads (and drops) what the client still sends for a moment, so its
