@@ -127,6 +127,25 @@ impl Hub {
         }
     }
 
+    /// The same hub on another broker (cluster mode); the default is [`AnyBroker::Local`].
+    pub fn with_broker(mut self, broker: AnyBroker) -> Self {
+        self.broker = broker;
+        self
+    }
+
+    /// The broker this hub runs on.
+    pub fn broker(&self) -> &AnyBroker {
+        &self.broker
+    }
+
+    /// Whether this node is clustered and cannot reach Redis (what a readiness probe reports).
+    pub fn is_degraded(&self) -> bool {
+        match &self.broker {
+            AnyBroker::Local(_) => false,
+            AnyBroker::Redis(b) => b.is_degraded(),
+        }
+    }
+
     /// The same hub with this admission policy (join tokens, origins); the default admits everyone.
     pub fn with_gate(mut self, gate: crate::auth::Gate) -> Self {
         self.gate = gate;
@@ -174,14 +193,24 @@ impl Hub {
         fresh: &crate::auth::Admit,
     ) -> Result<Resumed, JoinError> {
         protocol::validate_room(room).map_err(JoinError::BadRoom)?;
-        let found = self.session(token).filter(|s| s.room() == room && s.close_code().is_none());
+        let found = match self.session(token) {
+            Some(s) => Some(s),
+            None => self.carry(room, token, after).await?,
+        };
+        let found = found.filter(|s| s.room() == room && s.close_code().is_none());
         if let Some(session) = found {
             match session.can_resume_from(after) {
                 Ok(()) => {
                     // Queued behind the missed messages, so the client knows when the gap is filled.
                     let received = session.received();
-                    let pushed =
-                        session.push_with(|seq| ServerMessage::Resumed { replayed: seq - 1 - after, received });
+                    let pushed = match &self.broker {
+                        AnyBroker::Local(_) => session.push_with(|seq| ServerMessage::Resumed { replayed: seq - 1 - after, received }),
+                        AnyBroker::Redis(b) => {
+                            let replayed = session.last_seq().saturating_sub(after);
+                            b.push(&session, ServerMessage::Resumed { replayed, received });
+                            Ok(replayed + after + 1)
+                        }
+                    };
                     if let Ok(seq) = pushed {
                         tracing::info!(peer = %session.peer_id(), room, after, missed = seq - 1 - after, "resumed");
                         return Ok(Resumed::Same(session));
@@ -201,7 +230,7 @@ impl Hub {
     /// The live session holding `token`.
     pub fn session(&self, token: &str) -> Option<Arc<Session>> {
         // Tokens are fixed-length hex: anything else cannot match, and is not worth a lookup.
-        if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !valid_token(token) {
             return None;
         }
         self.by_token.get(token).map(|s| s.clone()).filter(|s| s.token_matches(token))
@@ -209,7 +238,28 @@ impl Hub {
 
     /// The peer id of the live session holding `token`, wherever it is served.
     pub async fn peer_of_token(&self, token: &str) -> Option<protocol::PeerId> {
-        self.session(token).map(|s| s.peer_id().to_owned())
+        if let Some(s) = self.session(token) {
+            return Some(s.peer_id().to_owned());
+        }
+        match &self.broker {
+            AnyBroker::Local(_) => None,
+            AnyBroker::Redis(b) if valid_token(token) => b.peer_of_token(token).await,
+            AnyBroker::Redis(_) => None,
+        }
+    }
+
+    /// The session holding `token` in `room`, carried over from the node that held it (cluster mode: a poll
+    /// or a resume that reached another node); `None` on one node, or if the cluster has no such session.
+    pub async fn carry(&self, room: &str, token: &str, after: u64) -> Result<Option<Arc<Session>>, JoinError> {
+        let AnyBroker::Redis(b) = &self.broker else { return Ok(None) };
+        if !valid_token(token) {
+            return Ok(None);
+        }
+        let Some(carried) = b.carry(token, room, after, self.cfg.outbox).await? else { return Ok(None) };
+        let session = carried.session;
+        self.by_token.insert(session.token().to_owned(), session.clone());
+        tracing::info!(peer = %session.peer_id(), room, last = carried.last, "session carried over from another node");
+        Ok(Some(session))
     }
 
     async fn join_as(&self, room: &str, recovered: Option<bool>, max_peers: usize) -> Result<Arc<Session>, JoinError> {
@@ -234,6 +284,7 @@ impl Hub {
         let welcome = |peers| self.welcome(&session, peers, recovered);
         let peers = match &self.broker {
             AnyBroker::Local(b) => b.admit(&session, max_peers, welcome)?,
+            AnyBroker::Redis(b) => b.admit(&session, max_peers, welcome).await?,
         };
         self.by_token.insert(session.token().to_owned(), session.clone());
         tracing::info!(peer = %session.peer_id(), room, peers, "joined");
@@ -297,11 +348,12 @@ impl Hub {
                 let msg = ServerMessage::Relay { from: from.peer_id().to_owned(), data };
                 match &self.broker {
                     AnyBroker::Local(b) => b.broadcast(from, msg),
+                    AnyBroker::Redis(b) => b.broadcast(from, msg),
                 }
             }
             ClientMessage::Ping { id } => {
                 let received = Some(from.received()).filter(|&r| r > 0);
-                let _ = from.push(ServerMessage::Pong { id, received });
+                self.push_to(from, ServerMessage::Pong { id, received });
             }
             ClientMessage::Leave => {
                 self.leave(from, LeaveReason::Left);
@@ -316,7 +368,17 @@ impl Hub {
 
     /// Tells the session about a message it sent that was refused.
     pub fn refuse(&self, to: &Session, code: ErrorCode, message: impl Into<String>) {
-        let _ = to.push(ServerMessage::Error { code, message: message.into() });
+        self.push_to(to, ServerMessage::Error { code, message: message.into() });
+    }
+
+    /// Queues `msg` to `session` itself (through the cluster when clustered, which numbers its messages).
+    fn push_to(&self, session: &Session, msg: ServerMessage) {
+        match &self.broker {
+            AnyBroker::Local(_) => {
+                let _ = session.push(msg);
+            }
+            AnyBroker::Redis(b) => b.push(session, msg),
+        }
     }
 
     /// Removes the session from its room and announces it. Idempotent.
@@ -324,6 +386,7 @@ impl Hub {
         self.by_token.remove_if(session.token(), |_, s| s.peer_id() == session.peer_id());
         let removed = match &self.broker {
             AnyBroker::Local(b) => b.remove(session, reason),
+            AnyBroker::Redis(b) => b.remove(session, reason),
         };
         if removed {
             tracing::info!(peer = %session.peer_id(), room = %session.room(), ?reason, "left");
@@ -335,6 +398,7 @@ impl Hub {
         self.shutting_down.store(true, Ordering::Release);
         match &self.broker {
             AnyBroker::Local(b) => b.for_each_member(|m| m.close(CloseCode::Shutdown)),
+            AnyBroker::Redis(_) => self.by_token.iter().for_each(|m| m.close(CloseCode::Shutdown)),
         }
     }
 
@@ -365,6 +429,7 @@ impl Hub {
     pub fn session_count(&self) -> usize {
         match &self.broker {
             AnyBroker::Local(b) => b.session_count(),
+            AnyBroker::Redis(b) => b.session_count(),
         }
     }
 
@@ -372,23 +437,35 @@ impl Hub {
     pub fn room_count(&self) -> usize {
         match &self.broker {
             AnyBroker::Local(b) => b.room_count(),
+            AnyBroker::Redis(b) => b.room_count(),
         }
     }
 
     fn has_local_room(&self, room: &str) -> bool {
         match &self.broker {
             AnyBroker::Local(b) => b.has_room(room),
+            AnyBroker::Redis(b) => b.has_room(room),
         }
     }
 
     fn send_to(&self, from: &Session, to: &str, msg: ServerMessage) {
         let delivered = match &self.broker {
             AnyBroker::Local(b) => b.send_to(from, to, msg),
+            // Whether `to` is a member is known only in Redis: an unknown one gets the sender its error there.
+            AnyBroker::Redis(b) => {
+                b.send_to(from, to, msg);
+                true
+            }
         };
         if !delivered {
             self.refuse(from, ErrorCode::UnknownPeer, format!("no peer {to:?} in room {:?}", from.room()));
         }
     }
+}
+
+/// Session tokens are fixed-length hex: anything else cannot match, and is not worth a lookup.
+fn valid_token(token: &str) -> bool {
+    token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The `peer-left` reason for a session closed with `code`.

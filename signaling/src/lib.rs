@@ -62,6 +62,9 @@ pub enum StartError {
     /// A join-token or origin setting that cannot work.
     #[error(transparent)]
     Auth(#[from] auth::AuthConfigError),
+    /// `--redis-url` does not parse, or Redis does not answer at start-up.
+    #[error(transparent)]
+    Cluster(#[from] broker::redis::ClusterError),
 }
 
 /// A bound server, ready to run.
@@ -94,7 +97,7 @@ impl Server {
         let listener = bind_listener(cfg.listen).await.map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let (ice_servers, stun) = ice::setup(&cfg.ice, cfg.listen).await?;
-        let hub = Arc::new(Hub::new(HubConfig {
+        let mut hub = Hub::new(HubConfig {
             limits: Limits { max_message_bytes: cfg.max_message_bytes, max_peers: cfg.max_peers },
             heartbeat: Heartbeat { interval_ms: cfg.heartbeat_interval_ms, timeout_ms: cfg.heartbeat_timeout_ms },
             outbox: cfg.outbox,
@@ -103,7 +106,18 @@ impl Server {
             node: cfg.limits.clone(),
             sse_gzip: cfg.sse_gzip,
         })
-        .with_gate(gate));
+        .with_gate(gate);
+        let cluster = match &cfg.cluster.redis_url {
+            Some(url) => Some(broker::redis::RedisBroker::connect(url, cfg.outbox, cfg.presence_ttl()).await?),
+            None => None,
+        };
+        if let Some(b) = &cluster {
+            hub = hub.with_broker(broker::AnyBroker::Redis(b.clone()));
+        }
+        let hub = Arc::new(hub);
+        if let Some(b) = &cluster {
+            b.start(Arc::downgrade(&hub));
+        }
         Ok(Server { listener, addr, hub, cfg, stun, edge })
     }
 
@@ -160,6 +174,10 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = tokio::time::timeout_at(deadline, server).await;
+        if let broker::AnyBroker::Redis(b) = hub.broker() {
+            // The leaves of the closed sessions are still on their way to Redis.
+            b.flush(Duration::from_secs(1)).await;
+        }
         if let Some(stun) = stun {
             stun.abort();
         }

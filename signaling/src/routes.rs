@@ -132,7 +132,7 @@ pub fn routes(
         .and(warp::body::content_length_limit((max * HARD_LIMIT_FACTOR) as u64))
         .and(warp::body::bytes())
         .and(with_hub.clone())
-        .map(|peer: String, origin: Option<String>, auth: Option<String>, ct: Option<String>, body: bytes::Bytes, hub: Arc<Hub>| {
+        .then(|peer: String, origin: Option<String>, auth: Option<String>, ct: Option<String>, body: bytes::Bytes, hub: Arc<Hub>| async move {
             if !http::is_json_content_type(ct.as_deref()) {
                 let res = http::error(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -141,7 +141,7 @@ pub fn routes(
                 );
                 return crate::origin::cors(res, origin);
             }
-            crate::origin::cors(http::post(&peer, auth.as_deref(), &body, &hub), origin)
+            crate::origin::cors(http::post(&peer, auth.as_deref(), &body, &hub).await, origin)
         })
         .recover(crate::origin::recover)
         .recover(|r: warp::Rejection| async move {
@@ -179,11 +179,15 @@ pub fn routes(
     };
 
     let healthz = warp::path!("healthz").and(warp::get()).and(with_hub).map(|hub: Arc<Hub>| {
-        warp::reply::json(&serde_json::json!({
-            "status": "ok",
+        let mut body = serde_json::json!({
+            "status": if hub.is_degraded() { "degraded" } else { "ok" },
             "rooms": hub.room_count(),
             "sessions": hub.session_count(),
-        }))
+        });
+        if let crate::broker::AnyBroker::Redis(b) = hub.broker() {
+            body["cluster"] = serde_json::json!({ "node": b.node_id(), "redis": !b.is_degraded() });
+        }
+        warp::reply::json(&body)
     });
 
     let web = warp::get()

@@ -5,6 +5,7 @@
 //! two-variant enum costs nothing next to a virtual call returning a boxed future on every message.
 
 pub mod local;
+pub mod redis;
 
 pub use local::LocalBroker;
 
@@ -13,6 +14,8 @@ pub use local::LocalBroker;
 pub enum AnyBroker {
     /// This process only (the default).
     Local(LocalBroker),
+    /// Rooms shared with other nodes through Redis (`--redis-url`).
+    Redis(std::sync::Arc<redis::RedisBroker>),
 }
 
 impl Default for AnyBroker {
