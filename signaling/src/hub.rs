@@ -233,7 +233,12 @@ impl Hub {
         if !valid_token(token) {
             return None;
         }
-        self.by_token.get(token).map(|s| s.clone()).filter(|s| s.token_matches(token))
+        self.by_token
+            .get(token)
+            .map(|s| s.clone())
+            .filter(|s| s.token_matches(token))
+            // Cluster mode: a copy another node took over is not this node's any more (it asks the cluster).
+            .filter(|s| s.close_code() != Some(CloseCode::Superseded))
     }
 
     /// The peer id of the live session holding `token`, wherever it is served.

@@ -112,7 +112,14 @@ async fn presence_signal_and_relay_cross_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_messages_cross_exactly_once_in_order() {
     let redis = Redis::start();
-    let (na, nb) = (node(&redis, 16).await, node(&redis, 16).await);
+    // The per-session rate limit would (rightly) close a sender this fast: off, to measure the cluster only.
+    let url = redis.url();
+    let unlimited = move |c: &mut signaling::Config| {
+        c.cluster.redis_url = Some(url.clone());
+        c.limits = signaling::limits::LimitFlags::unlimited();
+        c.ice.no_stun = true;
+    };
+    let (na, nb) = (TestServer::start_with(unlimited.clone()).await, TestServer::start_with(unlimited).await);
     let mut a = Client::join(&na, "flood").await;
     let mut b = Client::join(&nb, "flood").await;
     assert_eq!(a.recv().await, ServerMessage::PeerJoined { peer_id: b.id() });
@@ -279,7 +286,10 @@ impl NodeProc {
             .spawn()
             .expect("signaling binary runs");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        // Keep reading: the node prints more lines, and a closed pipe would kill it (EPIPE on println!).
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         let addr = line.trim().rsplit("://").next().unwrap().parse().unwrap_or_else(|_| panic!("{line}"));
         NodeProc { child, addr }
     }
