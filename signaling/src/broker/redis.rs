@@ -340,7 +340,8 @@ impl RedisBroker {
             .await
             .map_err(|_| ClusterError::Unreachable("timed out".into()))?
             .map_err(|e| ClusterError::Unreachable(e.to_string()))?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| ClusterError::Unreachable(e.to_string()))?;
+        let _: String =
+            redis::cmd("PING").query_async(&mut conn).await.map_err(|e| ClusterError::Unreachable(e.to_string()))?;
         let (queue, rx) = mpsc::channel(QUEUE);
         let broker = Arc::new(RedisBroker {
             node: crate::hub::new_id()[..16].to_owned(),
@@ -591,7 +592,13 @@ impl RedisBroker {
 
     /// The session of `token` held by another node, carried over to this one: its outbox as the cluster has
     /// it. `None` if the cluster knows no such session in `room`.
-    pub async fn carry(&self, token: &str, room: &str, after: u64, capacity: usize) -> Result<Option<Carried>, JoinError> {
+    pub async fn carry(
+        &self,
+        token: &str,
+        room: &str,
+        after: u64,
+        capacity: usize,
+    ) -> Result<Option<Carried>, JoinError> {
         if self.is_degraded() {
             return Err(JoinError::ClusterUnavailable);
         }
@@ -619,7 +626,8 @@ impl RedisBroker {
             // Held here already (a resume that raced the pub/sub kick, or a poll of the same node).
             return Ok(Some(Carried { last: old.last_seq(), session: old }));
         }
-        let session = Arc::new(Session::restore(peer.clone(), room.to_owned(), token.to_owned(), capacity, buf, last, after, rc));
+        let session =
+            Arc::new(Session::restore(peer.clone(), room.to_owned(), token.to_owned(), capacity, buf, last, after, rc));
         self.local.insert(peer, session.clone());
         self.views.insert(room.to_owned(), members);
         Ok(Some(Carried { session, last }))
@@ -707,7 +715,12 @@ impl RedisBroker {
                     }
                     Op::Leave { peer, json } => {
                         pipe.add_command(
-                            evalsha(&self.scripts.leave).arg(peer).arg(&self.node).arg(json.as_str()).arg(self.outbox).clone(),
+                            evalsha(&self.scripts.leave)
+                                .arg(peer)
+                                .arg(&self.node)
+                                .arg(json.as_str())
+                                .arg(self.outbox)
+                                .clone(),
                         );
                     }
                 }
@@ -764,7 +777,9 @@ impl RedisBroker {
                     self.deliver_here(&from, to, msg);
                 }
             }
-            Op::Leave { peer, json } => self.pending_leaves.lock().unwrap_or_else(|p| p.into_inner()).push((peer, json)),
+            Op::Leave { peer, json } => {
+                self.pending_leaves.lock().unwrap_or_else(|p| p.into_inner()).push((peer, json))
+            }
         }
     }
 
@@ -836,7 +851,8 @@ impl RedisBroker {
             "p " => {
                 let Some((head, body)) = rest.split_once('\n') else { return };
                 let mut parts = head.split(' ');
-                let (Some(id), Some(node), Some(peer), Some(tok)) = (parts.next(), parts.next(), parts.next(), parts.next())
+                let (Some(id), Some(node), Some(peer), Some(tok)) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
                 else {
                     return;
                 };
@@ -919,9 +935,9 @@ impl RedisBroker {
             if hub.strong_count() == 0 {
                 return;
             }
-            if let Err(e) = tokio::time::timeout(COMMAND_TIMEOUT, self.beat()).await.unwrap_or(Err(redis::RedisError::from(
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "heartbeat timed out"),
-            ))) {
+            if let Err(e) = tokio::time::timeout(COMMAND_TIMEOUT, self.beat()).await.unwrap_or(Err(
+                redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "heartbeat timed out")),
+            )) {
                 self.set_degraded(&e);
                 continue;
             }
@@ -944,7 +960,8 @@ impl RedisBroker {
                 }
             }
             // Right after a recovery every node is re-registering: give them a TTL before judging any dead.
-            let settled = self.recovered_at.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|t| t.elapsed() >= self.ttl);
+            let settled =
+                self.recovered_at.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|t| t.elapsed() >= self.ttl);
             if settled && let Err(e) = self.sweep().await {
                 self.set_degraded(&e);
             }
@@ -982,8 +999,15 @@ impl RedisBroker {
         let mut c = self.conn.clone();
         let leaves = std::mem::take(&mut *self.pending_leaves.lock().unwrap_or_else(|p| p.into_inner()));
         for (i, (peer, json)) in leaves.iter().enumerate() {
-            let r: redis::RedisResult<i64> =
-                self.scripts.leave.arg(peer).arg(&self.node).arg(json.as_str()).arg(self.outbox).invoke_async(&mut c).await;
+            let r: redis::RedisResult<i64> = self
+                .scripts
+                .leave
+                .arg(peer)
+                .arg(&self.node)
+                .arg(json.as_str())
+                .arg(self.outbox)
+                .invoke_async(&mut c)
+                .await;
             if let Err(e) = r {
                 self.pending_leaves.lock().unwrap_or_else(|p| p.into_inner()).extend(leaves[i..].iter().cloned());
                 return Err(e);
