@@ -318,6 +318,9 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// A request body that did not arrive in full within the server's body-read timeout (HTTP 408).
     RequestTimeout,
+    /// A clustered node cannot reach its shared state (Redis) for what was asked (a join, a resume, a message
+    /// to a peer on another node): retry with backoff, possibly on another node.
+    ClusterUnavailable,
 }
 
 impl ErrorCode {
@@ -343,6 +346,7 @@ impl ErrorCode {
             ErrorCode::TooManyCandidates => "too-many-candidates",
             ErrorCode::UnsupportedMediaType => "unsupported-media-type",
             ErrorCode::RequestTimeout => "request-timeout",
+            ErrorCode::ClusterUnavailable => "cluster-unavailable",
         }
     }
 }
@@ -379,6 +383,9 @@ pub enum CloseCode {
     /// No valid join token (missing, expired, wrong room, bad signature) or none in time: do not reconnect
     /// without a new token.
     Unauthorized,
+    /// A clustered node lost its shared state (Redis) and could not admit or keep the session: reconnect
+    /// with backoff (another node, or this one once Redis is back).
+    ClusterUnavailable,
 }
 
 impl CloseCode {
@@ -396,6 +403,7 @@ impl CloseCode {
             CloseCode::NodeFull => 4003,
             CloseCode::RateLimited => 4004,
             CloseCode::Unauthorized => 4503,
+            CloseCode::ClusterUnavailable => 4005,
         }
     }
 
@@ -413,6 +421,7 @@ impl CloseCode {
             CloseCode::NodeFull => "node-full",
             CloseCode::RateLimited => "rate-limited",
             CloseCode::Unauthorized => "unauthorized",
+            CloseCode::ClusterUnavailable => "cluster-unavailable",
         }
     }
 

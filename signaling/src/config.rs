@@ -74,6 +74,10 @@ pub struct Config {
     /// Rate, node, size and outbox-byte limits.
     #[command(flatten)]
     pub limits: crate::limits::LimitFlags,
+
+    /// Cluster mode (`--redis-url`).
+    #[command(flatten)]
+    pub cluster: crate::broker::redis::ClusterFlags,
 }
 
 /// A setting that cannot work.
@@ -134,6 +138,11 @@ impl Config {
             }
         }
         self.limits.validate(self.max_message_bytes)?;
+        if let Some(ttl) = self.cluster.presence_ttl_ms
+            && ttl < 300
+        {
+            return Err(ConfigError::TooSmall { flag: "--presence-ttl-ms", min: 300, value: ttl as usize });
+        }
         if self.transports.is_empty() {
             return Err(ConfigError::NoTransport);
         }
@@ -143,6 +152,11 @@ impl Config {
             return Err(ConfigError::WebRoot(root.clone()));
         }
         Ok(())
+    }
+
+    /// How long a node that stops refreshing its presence still counts as alive (`--presence-ttl-ms`).
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_millis(self.cluster.presence_ttl_ms.unwrap_or(self.heartbeat_interval_ms + self.heartbeat_timeout_ms))
     }
 
     /// The heartbeat interval.

@@ -77,7 +77,7 @@ const STATUSES: [u16; 19] = [101, 200, 204, 304, 400, 401, 403, 404, 405, 409, 4
 /// that a decoded envelope survives encode → decode unchanged, that refusals by the core carry documented
 /// codes, and that what both peers were sent decodes with a gap-free `seq`.
 pub fn decode(data: &[u8]) {
-    let world = World::new();
+    let world = RUNTIME.with(|rt| rt.block_on(World::new()));
     let data = world.substitute(data);
     let max = config().max_message_bytes;
     for frame in data.split(|b| *b == 0).take(MAX_FRAMES) {
@@ -128,7 +128,7 @@ pub fn http_filter(data: &[u8]) {
 pub fn http_filter_statuses(data: &[u8]) -> Vec<u16> {
     run("http_filter", async {
         let mut statuses = Vec::new();
-        let world = World::new();
+        let world = World::new().await;
         let input = world.substitute(data);
         let mut svc = warp::service(world.routes());
         let mut rest = &input[..];
@@ -174,7 +174,7 @@ pub fn http_edge(data: &[u8]) {
 /// meant for).
 pub fn http_edge_answer(data: &[u8]) -> Vec<u8> {
     run("http_edge", async {
-        let world = World::new();
+        let world = World::new().await;
         let input = world.substitute(data);
         let cfg = config();
         let edge = edge::Edge::new(&cfg.edge, cfg.listen).expect("the default edge settings are valid");
@@ -292,13 +292,14 @@ struct World {
 }
 
 impl World {
-    fn new() -> World {
+    async fn new() -> World {
         let cfg = config();
         let gate = crate::auth::Gate::from_flags(&cfg.auth).expect("the default auth settings are valid");
         let ice = crate::ice::IceServers::stun_only(vec!["stun:127.0.0.1:3478".to_owned()]);
         let hub = Arc::new(Hub::new(crate::hub_config(cfg, ice)).with_gate(gate));
-        let join = || Start::Join.run(&hub, ROOM, &hub.gate().admit(None, ROOM)).expect("a fresh hub takes two peers").0;
-        let (a, b) = (join(), join());
+        let admit = hub.gate().admit(None, ROOM);
+        let a = Start::Join.run(&hub, ROOM, &admit).await.expect("a fresh hub takes two peers").0;
+        let b = Start::Join.run(&hub, ROOM, &admit).await.expect("a fresh hub takes two peers").0;
         World { hub, a, b }
     }
 

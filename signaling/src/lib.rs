@@ -12,6 +12,7 @@
 //! ```
 
 pub mod auth;
+pub mod broker;
 pub mod client_addr;
 pub mod config;
 pub mod edge;
@@ -62,6 +63,9 @@ pub enum StartError {
     /// A join-token or origin setting that cannot work.
     #[error(transparent)]
     Auth(#[from] auth::AuthConfigError),
+    /// `--redis-url` does not parse, or Redis does not answer at start-up.
+    #[error(transparent)]
+    Cluster(#[from] broker::redis::ClusterError),
 }
 
 /// A bound server, ready to run.
@@ -94,7 +98,18 @@ impl Server {
         let listener = bind_listener(cfg.listen).await.map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
         let (ice_servers, stun) = ice::setup(&cfg.ice, cfg.listen).await?;
-        let hub = Arc::new(Hub::new(hub_config(&cfg, ice_servers)).with_gate(gate));
+        let mut hub = Hub::new(hub_config(&cfg, ice_servers)).with_gate(gate);
+        let cluster = match &cfg.cluster.redis_url {
+            Some(url) => Some(broker::redis::RedisBroker::connect(url, cfg.outbox, cfg.presence_ttl()).await?),
+            None => None,
+        };
+        if let Some(b) = &cluster {
+            hub = hub.with_broker(broker::AnyBroker::Redis(b.clone()));
+        }
+        let hub = Arc::new(hub);
+        if let Some(b) = &cluster {
+            b.start(Arc::downgrade(&hub));
+        }
         Ok(Server { listener, addr, hub, cfg, stun, edge })
     }
 
@@ -151,6 +166,10 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = tokio::time::timeout_at(deadline, server).await;
+        if let broker::AnyBroker::Redis(b) = hub.broker() {
+            // The leaves of the closed sessions are still on their way to Redis.
+            b.flush(Duration::from_secs(1)).await;
+        }
         if let Some(stun) = stun {
             stun.abort();
         }

@@ -132,7 +132,7 @@ pub fn routes(
         .and(warp::body::content_length_limit((max * HARD_LIMIT_FACTOR) as u64))
         .and(warp::body::bytes())
         .and(with_hub.clone())
-        .map(|peer: String, origin: Option<String>, auth: Option<String>, ct: Option<String>, body: bytes::Bytes, hub: Arc<Hub>| {
+        .then(|peer: String, origin: Option<String>, auth: Option<String>, ct: Option<String>, body: bytes::Bytes, hub: Arc<Hub>| async move {
             if !http::is_json_content_type(ct.as_deref()) {
                 let res = http::error(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -141,7 +141,7 @@ pub fn routes(
                 );
                 return crate::origin::cors(res, origin);
             }
-            crate::origin::cors(http::post(&peer, auth.as_deref(), &body, &hub), origin)
+            crate::origin::cors(http::post(&peer, auth.as_deref(), &body, &hub).await, origin)
         })
         .recover(crate::origin::recover)
         .recover(|r: warp::Rejection| async move {
@@ -169,14 +169,25 @@ pub fn routes(
         .map(crate::origin::preflight)
         .recover(crate::origin::recover);
 
-    let ice = crate::ice::route(hub_for_ice);
+    let ice = {
+        let (servers, required) = (hub_for_ice.config().ice_servers.clone(), hub_for_ice.gate().required());
+        let lookup = move |token: String| {
+            let hub = hub_for_ice.clone();
+            async move { hub.peer_of_token(&token).await }
+        };
+        crate::ice::route(servers, lookup, required)
+    };
 
     let healthz = warp::path!("healthz").and(warp::get()).and(with_hub).map(|hub: Arc<Hub>| {
-        warp::reply::json(&serde_json::json!({
-            "status": "ok",
+        let mut body = serde_json::json!({
+            "status": if hub.is_degraded() { "degraded" } else { "ok" },
             "rooms": hub.room_count(),
             "sessions": hub.session_count(),
-        }))
+        });
+        if let crate::broker::AnyBroker::Redis(b) = hub.broker() {
+            body["cluster"] = serde_json::json!({ "node": b.node_id(), "redis": !b.is_degraded() });
+        }
+        warp::reply::json(&body)
     });
 
     let web = warp::get()

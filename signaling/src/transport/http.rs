@@ -40,30 +40,52 @@ pub fn is_json_content_type(ct: Option<&str>) -> bool {
     }
 }
 
+/// The JSON body of an HTTP error with a stable code.
+pub fn error_body(code: ErrorCode, message: impl Into<String>) -> String {
+    serde_json::to_string(&HttpError { code, message: message.into() }).unwrap_or_default()
+}
+
 /// `POST /v1/sessions/{peer_id}`: one client message, handled exactly as if it came over a WebSocket (a
-/// refused message also gets its `error` on the session's stream, like on a WebSocket).
-pub fn post(peer_id: &str, auth: Option<&str>, body: &[u8], hub: &Hub) -> Response {
+/// refused message also gets its `error` on the session's stream, like on a WebSocket). In cluster mode a
+/// session held by another node is handled there (routed through Redis), so no stickiness is needed.
+pub async fn post(peer_id: &str, auth: Option<&str>, body: &[u8], hub: &Hub) -> Response {
     let Some(token) = bearer(auth) else {
         return error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing Authorization: Bearer <token>");
     };
+    let expired = || error(StatusCode::NOT_FOUND, ErrorCode::SessionExpired, "no such session (expired or ended)");
     let Some(session) = hub.session(token) else {
-        return error(StatusCode::NOT_FOUND, ErrorCode::SessionExpired, "no such session (expired or ended)");
+        let crate::broker::AnyBroker::Redis(b) = hub.broker() else { return expired() };
+        return match b.forward_post(peer_id, token, body).await {
+            Ok(Some((status, body))) => answer(status, body),
+            Ok(None) => expired(),
+            Err(()) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ClusterUnavailable,
+                "the node holding this session cannot be reached; retry",
+            ),
+        };
     };
     if session.peer_id() != peer_id {
         return error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "the token is not this session's");
     }
+    let (status, body) = post_here(&session, body, hub);
+    answer(status, body)
+}
+
+/// Handles one `POST`ed client message for a session held here: the HTTP status and JSON body (empty for 204).
+pub fn post_here(session: &Session, body: &[u8], hub: &Hub) -> (u16, String) {
     session.touch();
     let refused = |code: ErrorCode, message: String| {
-        hub.refuse(&session, code, message.clone());
+        hub.refuse(session, code, message.clone());
         let status = if code == ErrorCode::TooLarge { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
-        error(status, code, message)
+        (status.as_u16(), error_body(code, message))
     };
     let Ok(text) = std::str::from_utf8(body) else {
         return refused(ErrorCode::BadJson, "the body is not UTF-8".into());
     };
     match ClientEnvelope::decode(text, hub.config().limits.max_message_bytes) {
         Ok(msg) => {
-            match hub.handle_envelope(&session, msg) {
+            match hub.handle_envelope(session, msg) {
                 Flow::Leave => session.close(CloseCode::Normal),
                 Flow::Refused(code) => {
                     let status = match code {
@@ -71,15 +93,26 @@ pub fn post(peer_id: &str, auth: Option<&str>, body: &[u8], hub: &Hub) -> Respon
                         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                         _ => StatusCode::BAD_REQUEST,
                     };
-                    return error(status, code, "refused by a limit (the error is also on the session's stream)");
+                    let message = "refused by a limit (the error is also on the session's stream)";
+                    return (status.as_u16(), error_body(code, message));
                 }
                 Flow::Continue => {}
             }
-            let mut res = warp::Reply::into_response(StatusCode::NO_CONTENT);
-            no_store(&mut res);
-            res
+            (StatusCode::NO_CONTENT.as_u16(), String::new())
         }
         Err(e) => refused(e.code(), e.to_string()),
+    }
+}
+
+/// A `POST`'s answer from its status and JSON body (none for 204).
+fn answer(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if body.is_empty() {
+        let mut res = warp::Reply::into_response(status);
+        no_store(&mut res);
+        res
+    } else {
+        json_response(status, body)
     }
 }
 
@@ -106,15 +139,25 @@ pub async fn poll(room: String, auth: Option<String>, q: PollQuery, hub: Arc<Hub
     let admit = || hub.gate().admit(q.token.as_ref().map(|t| t.0.as_str()), &room);
     let joined = match (&q.resume, bearer(auth.as_deref())) {
         (Some(token), _) => {
-            Start::Resume { token: token.clone(), after: q.after }.run(&hub, &room, &admit()).map(|(s, a)| (s, a, false))
+            Start::Resume { token: token.clone(), after: q.after }.run(&hub, &room, &admit()).await.map(|(s, a)| (s, a, false))
         }
-        (None, None) => Start::Join.run(&hub, &room, &admit()).map(|(s, a)| (s, a, false)),
+        (None, None) => Start::Join.run(&hub, &room, &admit()).await.map(|(s, a)| (s, a, false)),
         // A plain poll never starts a session: a client whose session is gone (it left, or was timed out)
         // hears so, and resumes explicitly (`resume=`) if it wants to go on.
-        (None, Some(token)) => match hub.session(token) {
-            Some(s) if s.room() == room && s.close_code().is_none() => Ok((s, q.after, true)),
-            _ => return error(StatusCode::NOT_FOUND, ErrorCode::SessionExpired, "no such session (expired or ended)"),
-        },
+        // In cluster mode a session held by another node is carried over to this one first.
+        (None, Some(token)) => {
+            let found = match hub.session(token) {
+                Some(s) => Some(s),
+                None => match hub.carry(&room, token, q.after).await {
+                    Ok(s) => s,
+                    Err(e) => return refused_join(&e, &room),
+                },
+            };
+            match found {
+                Some(s) if s.room() == room && s.close_code().is_none() => Ok((s, q.after, true)),
+                _ => return error(StatusCode::NOT_FOUND, ErrorCode::SessionExpired, "no such session (expired or ended)"),
+            }
+        }
     };
     let (session, after, may_wait) = match joined {
         Ok(j) => j,
@@ -176,7 +219,9 @@ pub fn refused_join(e: &JoinError, room: &str) -> Response {
     let status = match e {
         JoinError::BadRoom(_) => StatusCode::BAD_REQUEST,
         JoinError::RoomFull(_) => StatusCode::CONFLICT,
-        JoinError::ShuttingDown | JoinError::NodeFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+        JoinError::ShuttingDown | JoinError::NodeFull(_) | JoinError::ClusterUnavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         JoinError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         JoinError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
     };
