@@ -3,17 +3,107 @@
 //! The reader decodes frames and hands them to the [`Hub`]; the writer drains the session through a
 //! [`Feed`] and sends heartbeat pings. Each runs in its own task so that a client that stops reading cannot
 //! stop the server from reading it (and noticing it died), and vice versa.
+//!
+//! The upgrade itself is [`upgrade`] + [`Upgrade::on_upgrade`] rather than `warp::ws()`'s `Ws::on_upgrade`:
+//! warp 0.4 does not let tungstenite's read buffer be set, and tungstenite's default allocates and zero-fills
+//! 128 KiB per connection at the upgrade (measured: ~138 KB of server RSS per idle WebSocket). `warp::ws()`
+//! still checks the request, so what is accepted and refused is unchanged.
 
 use super::{Feed, Next, Start};
 use crate::hub::{Flow, Hub, leave_reason};
 use crate::session::Session;
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
 use protocol::{ClientEnvelope, CloseCode, ErrorCode};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use warp::ws::{Message, WebSocket};
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Message, Utf8Bytes};
+use warp::Filter;
+
+/// An upgraded connection.
+pub type WebSocket = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Default of `--ws-read-buffer-bytes`: tungstenite's read buffer per connection. It only has to hold what one
+/// read returns (a larger frame grows it, for that frame); 4 KiB covers a typical signaling message whole.
+pub const DEFAULT_READ_BUFFER: usize = 4096;
+
+/// A WebSocket handshake that passed `warp::ws()`'s checks (GET, `Connection: upgrade`, `Upgrade: websocket`,
+/// version 13, a key), not yet answered.
+#[derive(Debug)]
+pub struct Upgrade {
+    key: String,
+    on_upgrade: Option<OnUpgrade>,
+}
+
+/// The handshake filter. hyper's upgrade handle is taken (cloned) before `warp::ws()` removes it; warp's `Ws` is
+/// then only used for its checks and its rejections.
+pub fn upgrade() -> impl Filter<Extract = (Upgrade,), Error = warp::Rejection> + Clone {
+    warp::ext::optional::<OnUpgrade>()
+        .and(warp::ws())
+        .and(warp::header::<String>("sec-websocket-key"))
+        .map(
+            |on_upgrade: Option<OnUpgrade>, _checked: warp::ws::Ws, key: String| Upgrade {
+                key,
+                on_upgrade,
+            },
+        )
+}
+
+impl Upgrade {
+    /// Answers `101 Switching Protocols` and, once hyper hands the connection over, runs `serve` on it with
+    /// `config` (what `warp::ws::Ws::on_upgrade` does, with every tungstenite setting available).
+    pub fn on_upgrade<F, U>(self, config: WebSocketConfig, serve: F) -> warp::reply::Response
+    where
+        F: FnOnce(WebSocket) -> U + Send + 'static,
+        U: Future<Output = ()> + Send + 'static,
+    {
+        match self.on_upgrade {
+            Some(pending) => {
+                tokio::spawn(async move {
+                    match pending.await {
+                        Ok(upgraded) => {
+                            let io = hyper_util::rt::TokioIo::new(upgraded);
+                            serve(
+                                WebSocketStream::from_raw_socket(io, Role::Server, Some(config))
+                                    .await,
+                            )
+                            .await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+                    }
+                });
+            }
+            None => tracing::debug!(
+                "no upgrade state on this request: answered 101 but nothing will follow"
+            ),
+        }
+        let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let mut res = warp::Reply::into_response(warp::http::StatusCode::SWITCHING_PROTOCOLS);
+        let h = res.headers_mut();
+        h.insert(
+            "connection",
+            warp::http::HeaderValue::from_static("upgrade"),
+        );
+        h.insert("upgrade", warp::http::HeaderValue::from_static("websocket"));
+        if let Ok(v) = warp::http::HeaderValue::from_str(&accept) {
+            h.insert("sec-websocket-accept", v);
+        }
+        res
+    }
+}
+
+fn close_frame(code: CloseCode) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.code().into(),
+        reason: Utf8Bytes::from_static(code.reason()),
+    }))
+}
 
 /// The hard cap on a frame, as a multiple of `max_message_bytes`. Between the soft limit and this one a
 /// frame is refused with `too-large` and the session goes on; above it the connection is dropped (1009)
@@ -56,7 +146,13 @@ enum WriterEnd {
 
 /// Serves one upgraded socket until it closes. `token` is the join token from the URL or a header; when the
 /// server requires one and there is none, a join waits for it as the first message.
-pub async fn serve(socket: WebSocket, room: String, start: Start, token: Option<String>, hub: Arc<Hub>) {
+pub async fn serve(
+    socket: WebSocket,
+    room: String,
+    start: Start,
+    token: Option<String>,
+    hub: Arc<Hub>,
+) {
     let (mut sink, mut stream) = socket.split();
     let gate = hub.gate();
     let admit = if gate.required() && token.is_none() && start == Start::Join {
@@ -74,7 +170,7 @@ pub async fn serve(socket: WebSocket, room: String, start: Start, token: Option<
             let (msg, close) = e.refusal(&room);
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
                 sink.send(Message::text(msg.encode())).await?;
-                sink.send(Message::close_with(close.code(), close.reason())).await
+                sink.send(close_frame(close)).await
             })
             .await;
             return;
@@ -161,18 +257,25 @@ async fn read_loop(
             Ok(Some(Ok(msg))) => msg,
         };
         session.touch();
-        since_yield += msg.as_bytes().len();
-        if msg.is_close() {
-            return match msg.close_frame() {
-                None | Some((1000 | 1001, _)) => ReadEnd::Closed,
-                Some(_) => ReadEnd::Dropped,
-            };
-        }
-        if msg.is_binary() {
-            hub.refuse(session, ErrorCode::BadJson, "binary frames are not supported; send JSON text");
-            continue;
-        }
-        let Ok(text) = msg.to_str() else { continue }; // ping/pong frames: liveness only
+        since_yield += msg.len();
+        let text = match &msg {
+            Message::Text(t) => t.as_str(),
+            Message::Close(frame) => {
+                return match frame.as_ref().map(|f| u16::from(f.code)) {
+                    None | Some(1000 | 1001) => ReadEnd::Closed,
+                    Some(_) => ReadEnd::Dropped,
+                };
+            }
+            Message::Binary(_) => {
+                hub.refuse(
+                    session,
+                    ErrorCode::BadJson,
+                    "binary frames are not supported; send JSON text",
+                );
+                continue;
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue, // liveness only
+        };
         match ClientEnvelope::decode(text, max) {
             Ok(m) => {
                 if hub.handle_envelope(session, m) == Flow::Leave {
@@ -197,10 +300,9 @@ async fn write_loop(
         };
         let frames = match next {
             Next::Messages(batch) => batch.into_iter().map(|o| Message::text(o.text)).collect(),
-            Next::Heartbeat => vec![Message::ping(Vec::new())],
+            Next::Heartbeat => vec![Message::Ping(bytes::Bytes::new())],
             Next::Close(code) => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::close_with(code.code(), code.reason())))
-                    .await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_frame(code))).await;
                 return WriterEnd::Closed(code);
             }
         };
@@ -230,19 +332,21 @@ async fn first_message_token(
             Err(_) | Ok(None) | Ok(Some(Err(_))) => return Err(AuthError::Missing),
             Ok(Some(Ok(m))) => m,
         };
-        if msg.is_ping() || msg.is_pong() {
-            continue;
-        }
-        let Ok(text) = msg.to_str() else { return Err(AuthError::NotAuthFirst) };
+        let text = match &msg {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Text(t) => t.as_str(),
+            _ => return Err(AuthError::NotAuthFirst),
+        };
         return match ClientEnvelope::decode(text, max) {
-            Ok(ClientEnvelope { msg: protocol::ClientMessage::Auth { token }, .. }) => Ok(token.0),
+            Ok(ClientEnvelope {
+                msg: protocol::ClientMessage::Auth { token },
+                ..
+            }) => Ok(token.0),
             _ => Err(AuthError::NotAuthFirst),
         };
     }
 }
 
-fn is_capacity_error(e: &warp::Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+fn is_capacity_error(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Capacity(_))
 }
