@@ -8,11 +8,7 @@ use std::time::Duration;
 /// Settings of one signaling server. Every flag has an environment variable of the same name,
 /// upper-cased and prefixed with `SIGNALING_` (e.g. `SIGNALING_LISTEN`).
 #[derive(Parser, Debug, Clone)]
-#[command(
-    name = "signaling",
-    version,
-    about = "WebRTC signaling server with the web demo built in"
-)]
+#[command(name = "signaling", version, about = "WebRTC signaling server with the web demo built in")]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port (the chosen address is printed on stdout).
     #[arg(long, env = "SIGNALING_LISTEN", default_value = "127.0.0.1:8080")]
@@ -38,21 +34,11 @@ pub struct Config {
 
     /// Transports to offer, comma-separated (e.g. `sse,longpoll` to act like a proxy that blocks
     /// WebSockets). `longpoll` covers short polling too.
-    #[arg(
-        long,
-        env = "SIGNALING_TRANSPORTS",
-        value_enum,
-        value_delimiter = ',',
-        default_value = "ws,sse,longpoll"
-    )]
+    #[arg(long, env = "SIGNALING_TRANSPORTS", value_enum, value_delimiter = ',', default_value = "ws,sse,longpoll")]
     pub transports: Vec<crate::transport::Kind>,
 
     /// How often the server pings each session, in milliseconds.
-    #[arg(
-        long,
-        env = "SIGNALING_HEARTBEAT_INTERVAL_MS",
-        default_value_t = 10_000
-    )]
+    #[arg(long, env = "SIGNALING_HEARTBEAT_INTERVAL_MS", default_value_t = 10_000)]
     pub heartbeat_interval_ms: u64,
 
     /// How long a ping may go unanswered, in milliseconds; must be smaller than the interval.
@@ -100,9 +86,7 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The heartbeat timeout must be shorter than its interval, or pings would overlap.
-    #[error(
-        "--heartbeat-timeout-ms ({timeout}) must be smaller than --heartbeat-interval-ms ({interval}), and both above 0"
-    )]
+    #[error("--heartbeat-timeout-ms ({timeout}) must be smaller than --heartbeat-interval-ms ({interval}), and both above 0")]
     Heartbeat {
         /// The interval given.
         interval: u64,
@@ -139,8 +123,7 @@ impl Config {
 
     /// Refuses settings that cannot work, with a message naming the flag.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.heartbeat_timeout_ms == 0 || self.heartbeat_timeout_ms >= self.heartbeat_interval_ms
-        {
+        if self.heartbeat_timeout_ms == 0 || self.heartbeat_timeout_ms >= self.heartbeat_interval_ms {
             return Err(ConfigError::Heartbeat {
                 interval: self.heartbeat_interval_ms,
                 timeout: self.heartbeat_timeout_ms,
@@ -194,36 +177,19 @@ mod tests {
 
     #[test]
     fn impossible_settings_are_refused() {
-        let bad = Config::parse_from([
-            "signaling",
-            "--heartbeat-interval-ms",
-            "1000",
-            "--heartbeat-timeout-ms",
-            "1000",
-        ]);
+        let bad = Config::parse_from(["signaling", "--heartbeat-interval-ms", "1000", "--heartbeat-timeout-ms", "1000"]);
         assert!(matches!(bad.validate(), Err(ConfigError::Heartbeat { .. })));
         let bad = Config::parse_from(["signaling", "--max-peers", "1"]);
-        assert!(matches!(
-            bad.validate(),
-            Err(ConfigError::TooSmall {
-                flag: "--max-peers",
-                ..
-            })
-        ));
+        assert!(matches!(bad.validate(), Err(ConfigError::TooSmall { flag: "--max-peers", .. })));
         let bad = Config::parse_from(["signaling", "--web-root", "/nonexistent/dir"]);
         assert!(matches!(bad.validate(), Err(ConfigError::WebRoot(_))));
-        assert!(
-            Config::try_parse_from(["signaling", "--transports", "ws,carrier-pigeon"]).is_err()
-        );
+        assert!(Config::try_parse_from(["signaling", "--transports", "ws,carrier-pigeon"]).is_err());
     }
 
     #[test]
     fn transports_can_be_narrowed() {
         use crate::transport::Kind;
-        assert_eq!(
-            Config::parse_from(["signaling"]).transports,
-            [Kind::Ws, Kind::Sse, Kind::Longpoll]
-        );
+        assert_eq!(Config::parse_from(["signaling"]).transports, [Kind::Ws, Kind::Sse, Kind::Longpoll]);
         let cfg = Config::parse_from(["signaling", "--transports", "sse,longpoll"]);
         assert_eq!(cfg.transports, [Kind::Sse, Kind::Longpoll]);
         cfg.validate().unwrap();

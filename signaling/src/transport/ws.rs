@@ -146,13 +146,7 @@ enum WriterEnd {
 
 /// Serves one upgraded socket until it closes. `token` is the join token from the URL or a header; when the
 /// server requires one and there is none, a join waits for it as the first message.
-pub async fn serve(
-    socket: WebSocket,
-    room: String,
-    start: Start,
-    token: Option<String>,
-    hub: Arc<Hub>,
-) {
+pub async fn serve(socket: WebSocket, room: String, start: Start, token: Option<String>, hub: Arc<Hub>) {
     let (mut sink, mut stream) = socket.split();
     let gate = hub.gate();
     let admit = if gate.required() && token.is_none() && start == Start::Join {
@@ -338,10 +332,7 @@ async fn first_message_token(
             _ => return Err(AuthError::NotAuthFirst),
         };
         return match ClientEnvelope::decode(text, max) {
-            Ok(ClientEnvelope {
-                msg: protocol::ClientMessage::Auth { token },
-                ..
-            }) => Ok(token.0),
+            Ok(ClientEnvelope { msg: protocol::ClientMessage::Auth { token }, .. }) => Ok(token.0),
             _ => Err(AuthError::NotAuthFirst),
         };
     }
