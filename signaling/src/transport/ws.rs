@@ -1,8 +1,9 @@
 //! WebSocket transport: a thin adapter between one socket and one [`Session`].
 //!
 //! The reader decodes frames and hands them to the [`Hub`]; the writer drains the session through a
-//! [`Feed`] and sends heartbeat pings. Each runs in its own task so that a client that stops reading cannot
-//! stop the server from reading it (and noticing it died), and vice versa.
+//! [`Feed`] and sends heartbeat pings. Both are polled side by side (one `select!`, not one after the other), so
+//! a client that stops reading cannot stop the server from reading it (and noticing it died), and vice versa;
+//! they share the connection's task rather than each having one, which saves a task per idle connection.
 //!
 //! The upgrade itself is [`upgrade`] + [`Upgrade::on_upgrade`] rather than `warp::ws()`'s `Ws::on_upgrade`:
 //! warp 0.4 does not let tungstenite's read buffer be set, and tungstenite's default allocates and zero-fills
@@ -19,7 +20,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig};
@@ -29,9 +29,12 @@ use warp::Filter;
 /// An upgraded connection.
 pub type WebSocket = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 
-/// Default of `--ws-read-buffer-bytes`: tungstenite's read buffer per connection. It only has to hold what one
-/// read returns (a larger frame grows it, for that frame); 4 KiB covers a typical signaling message whole.
-pub const DEFAULT_READ_BUFFER: usize = 4096;
+/// Default of `--ws-read-buffer-bytes`: tungstenite's read buffer per connection, allocated (and zero-filled) at
+/// the upgrade and kept for the connection's life. A frame larger than it grows it for that frame, but tungstenite
+/// also reads at most this much per system call, so a 64 KiB message takes 64 reads. Measured with `bench load
+/// idle` at 19,900 connections: 128 KiB (tungstenite's default) ~140 KB of server RSS per idle WebSocket, 4 KiB
+/// 11.0 KB, 1 KiB 8.0 KB (docs/benchmarks.md).
+pub const DEFAULT_READ_BUFFER: usize = 1024;
 
 /// A WebSocket handshake that passed `warp::ws()`'s checks (GET, `Connection: upgrade`, `Upgrade: websocket`,
 /// version 13, a key), not yet answered.
@@ -175,31 +178,32 @@ pub async fn serve(socket: WebSocket, room: String, start: Start, token: Option<
     let feed = Feed::attach(session.clone(), after, interval);
     let generation = feed.generation();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut writer = tokio::spawn(write_loop(sink, feed, stop_rx));
-    let end = read_loop(&mut stream, &hub, &session, silence_limit, &mut writer).await;
+    let writer = write_loop(sink, feed, stop_rx);
+    tokio::pin!(writer);
+    let end = read_loop(&mut stream, &hub, &session, silence_limit, writer.as_mut()).await;
     let writer_end = match end {
         ReadEnd::Writer(w) => w,
         ReadEnd::Left => {
             session.close(CloseCode::Normal);
-            writer.await.unwrap_or(WriterEnd::Gone)
+            writer.await
         }
         ReadEnd::Silent => {
             tracing::info!(peer = %session.peer_id(), "heartbeat timeout");
             session.close(CloseCode::HeartbeatTimeout);
-            writer.await.unwrap_or(WriterEnd::Gone)
+            writer.await
         }
         ReadEnd::Closed => {
             session.close(CloseCode::Normal);
             hub.leave(&session, protocol::LeaveReason::Closed);
-            writer.await.unwrap_or(WriterEnd::Gone)
+            writer.await
         }
         ReadEnd::TooBig => {
             session.close(CloseCode::MessageTooBig);
-            writer.await.unwrap_or(WriterEnd::Gone)
+            writer.await
         }
         ReadEnd::Dropped => {
             let _ = stop_tx.send(true);
-            writer.await.unwrap_or(WriterEnd::Gone)
+            writer.await
         }
     };
     match writer_end {
@@ -222,7 +226,7 @@ async fn read_loop(
     hub: &Hub,
     session: &Session,
     silence_limit: Duration,
-    writer: &mut JoinHandle<WriterEnd>,
+    mut writer: std::pin::Pin<&mut impl Future<Output = WriterEnd>>,
 ) -> ReadEnd {
     let max = hub.config().limits.max_message_bytes;
     let mut since_yield = 0usize;
@@ -232,7 +236,7 @@ async fn read_loop(
             tokio::task::yield_now().await;
         }
         let frame = tokio::select! {
-            w = &mut *writer => return ReadEnd::Writer(w.unwrap_or(WriterEnd::Gone)),
+            w = writer.as_mut() => return ReadEnd::Writer(w),
             // Any frame proves the client alive; the server pings every interval, so a live client
             // is never silent longer than interval + its pong latency.
             f = tokio::time::timeout(silence_limit, stream.next()) => f,
