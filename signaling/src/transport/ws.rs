@@ -33,8 +33,9 @@ pub type WebSocket = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upg
 /// the upgrade and kept for the connection's life. A frame larger than it grows it for that frame, but tungstenite
 /// also reads at most this much per system call, so a 64 KiB message takes 64 reads. Measured with `bench load
 /// idle` at 19,900 connections: 128 KiB (tungstenite's default) ~140 KB of server RSS per idle WebSocket, 4 KiB
-/// 11.0 KB, 1 KiB 8.0 KB (docs/benchmarks.md).
-pub const DEFAULT_READ_BUFFER: usize = 1024;
+/// 11.0 KB, 1 KiB 8.0 KB (docs/benchmarks.md), but 1 KiB doubled the server CPU of 64 KiB relays (130 → 321 µs):
+/// 4 KiB is the default, 1 KiB the setting for a node that holds mostly idle connections.
+pub const DEFAULT_READ_BUFFER: usize = 4096;
 
 /// A WebSocket handshake that passed `warp::ws()`'s checks (GET, `Connection: upgrade`, `Upgrade: websocket`,
 /// version 13, a key), not yet answered.
