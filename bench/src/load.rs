@@ -658,7 +658,7 @@ fn nofile() -> (u64, u64) {
     };
     // SAFETY: `r` is a valid rlimit to write into.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    (r.rlim_cur as u64, r.rlim_max as u64)
+    (r.rlim_cur, r.rlim_max)
 }
 
 /// Raises RLIMIT_NOFILE to `need` (the soft limit up to the hard one; the hard one too when allowed, i.e. as
