@@ -7,12 +7,14 @@
 //! latency under a paced load, unpaced throughput; 1 → N fan-out; for relayed rows the server's CPU, bytes and
 //! HTTP requests per delivery. Tables on stdout (median across passes), JSON (`--json`), SVG charts (`--svg`).
 //! `bench p2p` and `bench relay` run one half; `bench deflate` measures what WebSocket compression would save
-//! on recorded signaling frames. See docs/benchmarks.md.
+//! on recorded signaling frames; `bench load` puts thousands of WebSocket/SSE clients on the signaling binary.
+//! See docs/benchmarks.md.
 
 mod chart;
 mod deflate;
 mod harness;
 mod link;
+mod load;
 mod report;
 mod server;
 mod stats;
@@ -52,6 +54,12 @@ enum Cmd {
         /// Also capture two Chromium pages (needs `chromium`; run inside a loopback-only namespace).
         #[arg(long)]
         browser: bool,
+    },
+    /// Thousands of WebSocket or SSE clients in rooms of two against the signaling release binary: connections
+    /// held, server RSS per connection, forwarding latency, server CPU per message, errors and losses.
+    Load {
+        #[command(subcommand)]
+        scenario: load::Scenario,
     },
     /// The signaling server of the relayed techniques (run by the benchmark itself as a child process).
     #[command(hide = true)]
@@ -182,6 +190,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(Cmd::ServeSignaling) = &cli.cmd {
         return server::serve_main();
     }
+    if let Some(Cmd::Load { scenario }) = cli.cmd {
+        return load::main(scenario, cli.opts.json);
+    }
     if let Some(Cmd::Merge { files }) = &cli.cmd {
         let mut reports = Vec::new();
         for f in files {
@@ -240,7 +251,9 @@ async fn run(cmd: Cmd, opts: &Opts) -> anyhow::Result<(Report, bool)> {
         Cmd::All => "all",
         Cmd::P2p => "p2p",
         Cmd::Relay => "relay",
-        Cmd::Merge { .. } | Cmd::ServeSignaling | Cmd::Deflate { .. } => unreachable!("handled in main"),
+        Cmd::Merge { .. } | Cmd::ServeSignaling | Cmd::Deflate { .. } | Cmd::Load { .. } => {
+            unreachable!("handled in main")
+        }
     };
 
     // The signaling server of the P2P rows, in-process on an ephemeral loopback port (only used for setup).
@@ -494,7 +507,7 @@ fn scaled(tech: &dyn Technique, p: &Params, mode: &str) -> Params {
 }
 
 /// Quotes an argument for display only when the shell would need it.
-fn shell_quote(a: &str) -> String {
+pub(crate) fn shell_quote(a: &str) -> String {
     if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=,:@+".contains(&b)) {
         a.to_owned()
     } else {

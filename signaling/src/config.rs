@@ -51,6 +51,12 @@ pub struct Config {
     #[arg(long, env = "SIGNALING_SSE_GZIP", default_value_t = true, action = clap::ArgAction::Set)]
     pub sse_gzip: bool,
 
+    /// tungstenite's read buffer per WebSocket, in bytes. Every connection has one for its whole life, so it is
+    /// a large part of what an idle WebSocket costs; a frame larger than it grows it while that frame is read.
+    /// Larger values read large messages in fewer system calls.
+    #[arg(long, env = "SIGNALING_WS_READ_BUFFER_BYTES", default_value_t = crate::transport::ws::DEFAULT_READ_BUFFER)]
+    pub ws_read_buffer_bytes: usize,
+
     /// Serve the web demo from this folder instead of the copy built into the binary (for development).
     #[arg(long, env = "SIGNALING_WEB_ROOT")]
     pub web_root: Option<PathBuf>,
@@ -132,6 +138,8 @@ impl Config {
             ("--max-message-bytes", 4096, self.max_message_bytes),
             ("--max-peers", 2, self.max_peers),
             ("--outbox", 16, self.outbox),
+            // A frame header is up to 14 bytes; below a few hundred every message takes many reads.
+            ("--ws-read-buffer-bytes", 256, self.ws_read_buffer_bytes),
         ] {
             if value < min {
                 return Err(ConfigError::TooSmall { flag, min, value });

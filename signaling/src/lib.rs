@@ -154,7 +154,7 @@ impl Server {
         let stun = self.stun.map(|s| tokio::spawn(s.run()));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let reaper = tokio::spawn(reap_forever(self.hub.clone()));
-        let routes = routes::routes(self.hub.clone(), web, &self.cfg.transports);
+        let routes = routes::routes_with(self.hub.clone(), web, &self.cfg.transports, self.cfg.ws_read_buffer_bytes);
         let server = tokio::spawn(self.edge.serve(self.listener, routes, stop_rx));
         shutdown.await;
         tracing::info!(sessions = hub.session_count(), "shutting down");

@@ -37,11 +37,22 @@ impl ResumeQuery {
 /// tungstenite's default write buffer (128 KiB), below which it does not even try to flush.
 const WS_WRITE_BUFFER: usize = 128 * 1024;
 
-/// Every route of the server, with only the `transports` given.
+/// Every route of the server, with only the `transports` given, and the default WebSocket read buffer.
 pub fn routes(
     hub: Arc<Hub>,
     web: WebRoot,
     transports: &[Kind],
+) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    routes_with(hub, web, transports, crate::transport::ws::DEFAULT_READ_BUFFER)
+}
+
+/// [`routes`] with tungstenite's read buffer per WebSocket set to `ws_read_buffer` bytes
+/// (`--ws-read-buffer-bytes`).
+pub fn routes_with(
+    hub: Arc<Hub>,
+    web: WebRoot,
+    transports: &[Kind],
+    ws_read_buffer: usize,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     let max = hub.config().limits.max_message_bytes;
     let hub_for_ice = hub.clone();
@@ -65,18 +76,20 @@ pub fn routes(
         .and(origin.clone().map(|_| ()).untuple_one())
         .and(resume_query.clone())
         .and(authorization.clone())
-        .and(warp::ws())
+        .and(crate::transport::ws::upgrade())
         .and(client_ip())
         .and(with_hub.clone())
-        .map(move |room: String, q: ResumeQuery, auth: Option<String>, ws: warp::ws::Ws, ip: ClientIp, hub: Arc<Hub>| {
+        .map(move |room: String, q: ResumeQuery, auth: Option<String>, ws: crate::transport::ws::Upgrade, ip: ClientIp, hub: Arc<Hub>| {
             let token = join_token(&q, auth.as_deref());
             let start = hub.joins().admit(ip, q.start());
-            // Frames are flushed one at a time (the writer awaits each send), so the buffer holds at most one
-            // frame: the cap only turns a bug that would let it grow into an error.
-            ws.max_message_size(max * HARD_LIMIT_FACTOR)
-                .max_frame_size(max * HARD_LIMIT_FACTOR)
-                .max_write_buffer_size(WS_WRITE_BUFFER + max * HARD_LIMIT_FACTOR)
-                .on_upgrade(move |socket| crate::transport::ws::serve(socket, room, start, token, hub))
+            // Frames are flushed one at a time (the writer awaits each send), so the write buffer holds at most
+            // one frame: the cap only turns a bug that would let it grow into an error.
+            let config = tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(ws_read_buffer)
+                .max_message_size(Some(max * HARD_LIMIT_FACTOR))
+                .max_frame_size(Some(max * HARD_LIMIT_FACTOR))
+                .max_write_buffer_size(WS_WRITE_BUFFER + max * HARD_LIMIT_FACTOR);
+            ws.on_upgrade(config, move |socket| crate::transport::ws::serve(socket, room, start, token, hub))
         })
         .recover(crate::origin::recover);
 

@@ -171,7 +171,10 @@ impl Session {
         let mut st = self.state();
         let seq = st.next_seq;
         st.next_seq += 1;
-        let text = ServerEnvelope { seq, msg: msg(seq) }.encode();
+        let mut text = ServerEnvelope { seq, msg: msg(seq) }.encode();
+        // serde_json grows its buffer by doubling, so up to half of it is slack, kept as long as the message
+        // stays buffered for resume (up to `capacity` of them per session): one realloc returns it.
+        text.shrink_to_fit();
         self.append(st, Outgoing { seq, text })?;
         Ok(seq)
     }

@@ -1,19 +1,113 @@
 //! WebSocket transport: a thin adapter between one socket and one [`Session`].
 //!
 //! The reader decodes frames and hands them to the [`Hub`]; the writer drains the session through a
-//! [`Feed`] and sends heartbeat pings. Each runs in its own task so that a client that stops reading cannot
-//! stop the server from reading it (and noticing it died), and vice versa.
+//! [`Feed`] and sends heartbeat pings. Both are polled side by side (one `select!`, not one after the other), so
+//! a client that stops reading cannot stop the server from reading it (and noticing it died), and vice versa;
+//! they share the connection's task rather than each having one, which saves a task per idle connection.
+//!
+//! The upgrade itself is [`upgrade`] + [`Upgrade::on_upgrade`] rather than `warp::ws()`'s `Ws::on_upgrade`:
+//! warp 0.4 does not let tungstenite's read buffer be set, and tungstenite's default allocates and zero-fills
+//! 128 KiB per connection at the upgrade (measured: ~138 KB of server RSS per idle WebSocket). `warp::ws()`
+//! still checks the request, so what is accepted and refused is unchanged.
 
 use super::{Feed, Next, Start};
 use crate::hub::{Flow, Hub, leave_reason};
 use crate::session::Session;
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
 use protocol::{ClientEnvelope, CloseCode, ErrorCode};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use warp::ws::{Message, WebSocket};
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Message, Utf8Bytes};
+use warp::Filter;
+
+/// An upgraded connection.
+pub type WebSocket = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Default of `--ws-read-buffer-bytes`: tungstenite's read buffer per connection, allocated (and zero-filled) at
+/// the upgrade and kept for the connection's life. A frame larger than it grows it for that frame, but tungstenite
+/// also reads at most this much per system call, so a 64 KiB message takes 64 reads. Measured with `bench load
+/// idle` at 19,900 connections: 128 KiB (tungstenite's default) ~140 KB of server RSS per idle WebSocket, 4 KiB
+/// 11.0 KB, 1 KiB 8.0 KB (docs/benchmarks.md), but 1 KiB doubled the server CPU of 64 KiB relays (130 → 321 µs):
+/// 4 KiB is the default, 1 KiB the setting for a node that holds mostly idle connections.
+pub const DEFAULT_READ_BUFFER: usize = 4096;
+
+/// A WebSocket handshake that passed `warp::ws()`'s checks (GET, `Connection: upgrade`, `Upgrade: websocket`,
+/// version 13, a key), not yet answered.
+#[derive(Debug)]
+pub struct Upgrade {
+    key: String,
+    on_upgrade: Option<OnUpgrade>,
+}
+
+/// The handshake filter. hyper's upgrade handle is taken (cloned) before `warp::ws()` removes it; warp's `Ws` is
+/// then only used for its checks and its rejections.
+pub fn upgrade() -> impl Filter<Extract = (Upgrade,), Error = warp::Rejection> + Clone {
+    warp::ext::optional::<OnUpgrade>()
+        .and(warp::ws())
+        .and(warp::header::<String>("sec-websocket-key"))
+        .map(
+            |on_upgrade: Option<OnUpgrade>, _checked: warp::ws::Ws, key: String| Upgrade {
+                key,
+                on_upgrade,
+            },
+        )
+}
+
+impl Upgrade {
+    /// Answers `101 Switching Protocols` and, once hyper hands the connection over, runs `serve` on it with
+    /// `config` (what `warp::ws::Ws::on_upgrade` does, with every tungstenite setting available).
+    pub fn on_upgrade<F, U>(self, config: WebSocketConfig, serve: F) -> warp::reply::Response
+    where
+        F: FnOnce(WebSocket) -> U + Send + 'static,
+        U: Future<Output = ()> + Send + 'static,
+    {
+        match self.on_upgrade {
+            Some(pending) => {
+                tokio::spawn(async move {
+                    match pending.await {
+                        Ok(upgraded) => {
+                            let io = hyper_util::rt::TokioIo::new(upgraded);
+                            serve(
+                                WebSocketStream::from_raw_socket(io, Role::Server, Some(config))
+                                    .await,
+                            )
+                            .await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+                    }
+                });
+            }
+            None => tracing::debug!(
+                "no upgrade state on this request: answered 101 but nothing will follow"
+            ),
+        }
+        let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let mut res = warp::Reply::into_response(warp::http::StatusCode::SWITCHING_PROTOCOLS);
+        let h = res.headers_mut();
+        h.insert(
+            "connection",
+            warp::http::HeaderValue::from_static("upgrade"),
+        );
+        h.insert("upgrade", warp::http::HeaderValue::from_static("websocket"));
+        if let Ok(v) = warp::http::HeaderValue::from_str(&accept) {
+            h.insert("sec-websocket-accept", v);
+        }
+        res
+    }
+}
+
+fn close_frame(code: CloseCode) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.code().into(),
+        reason: Utf8Bytes::from_static(code.reason()),
+    }))
+}
 
 /// The hard cap on a frame, as a multiple of `max_message_bytes`. Between the soft limit and this one a
 /// frame is refused with `too-large` and the session goes on; above it the connection is dropped (1009)
@@ -74,7 +168,7 @@ pub async fn serve(socket: WebSocket, room: String, start: Start, token: Option<
             let (msg, close) = e.refusal(&room);
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
                 sink.send(Message::text(msg.encode())).await?;
-                sink.send(Message::close_with(close.code(), close.reason())).await
+                sink.send(close_frame(close)).await
             })
             .await;
             return;
@@ -85,31 +179,32 @@ pub async fn serve(socket: WebSocket, room: String, start: Start, token: Option<
     let feed = Feed::attach(session.clone(), after, interval);
     let generation = feed.generation();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut writer = tokio::spawn(write_loop(sink, feed, stop_rx));
-    let end = read_loop(&mut stream, &hub, &session, silence_limit, &mut writer).await;
+    let writer = write_loop(sink, feed, stop_rx);
+    tokio::pin!(writer);
+    let end = read_loop(&mut stream, &hub, &session, silence_limit, writer.as_mut()).await;
     let writer_end = match end {
         ReadEnd::Writer(w) => w,
         ReadEnd::Left => {
             session.close(CloseCode::Normal);
-            writer.await.unwrap_or(WriterEnd::Gone)
+            writer.await
         }
         ReadEnd::Silent => {
             tracing::info!(peer = %session.peer_id(), "heartbeat timeout");
             session.close(CloseCode::HeartbeatTimeout);
-            writer.await.unwrap_or(WriterEnd::Gone)
+            writer.await
         }
         ReadEnd::Closed => {
             session.close(CloseCode::Normal);
             hub.leave(&session, protocol::LeaveReason::Closed);
-            writer.await.unwrap_or(WriterEnd::Gone)
+            writer.await
         }
         ReadEnd::TooBig => {
             session.close(CloseCode::MessageTooBig);
-            writer.await.unwrap_or(WriterEnd::Gone)
+            writer.await
         }
         ReadEnd::Dropped => {
             let _ = stop_tx.send(true);
-            writer.await.unwrap_or(WriterEnd::Gone)
+            writer.await
         }
     };
     match writer_end {
@@ -132,7 +227,7 @@ async fn read_loop(
     hub: &Hub,
     session: &Session,
     silence_limit: Duration,
-    writer: &mut JoinHandle<WriterEnd>,
+    mut writer: std::pin::Pin<&mut impl Future<Output = WriterEnd>>,
 ) -> ReadEnd {
     let max = hub.config().limits.max_message_bytes;
     let mut since_yield = 0usize;
@@ -142,7 +237,7 @@ async fn read_loop(
             tokio::task::yield_now().await;
         }
         let frame = tokio::select! {
-            w = &mut *writer => return ReadEnd::Writer(w.unwrap_or(WriterEnd::Gone)),
+            w = writer.as_mut() => return ReadEnd::Writer(w),
             // Any frame proves the client alive; the server pings every interval, so a live client
             // is never silent longer than interval + its pong latency.
             f = tokio::time::timeout(silence_limit, stream.next()) => f,
@@ -161,18 +256,25 @@ async fn read_loop(
             Ok(Some(Ok(msg))) => msg,
         };
         session.touch();
-        since_yield += msg.as_bytes().len();
-        if msg.is_close() {
-            return match msg.close_frame() {
-                None | Some((1000 | 1001, _)) => ReadEnd::Closed,
-                Some(_) => ReadEnd::Dropped,
-            };
-        }
-        if msg.is_binary() {
-            hub.refuse(session, ErrorCode::BadJson, "binary frames are not supported; send JSON text");
-            continue;
-        }
-        let Ok(text) = msg.to_str() else { continue }; // ping/pong frames: liveness only
+        since_yield += msg.len();
+        let text = match &msg {
+            Message::Text(t) => t.as_str(),
+            Message::Close(frame) => {
+                return match frame.as_ref().map(|f| u16::from(f.code)) {
+                    None | Some(1000 | 1001) => ReadEnd::Closed,
+                    Some(_) => ReadEnd::Dropped,
+                };
+            }
+            Message::Binary(_) => {
+                hub.refuse(
+                    session,
+                    ErrorCode::BadJson,
+                    "binary frames are not supported; send JSON text",
+                );
+                continue;
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue, // liveness only
+        };
         match ClientEnvelope::decode(text, max) {
             Ok(m) => {
                 if hub.handle_envelope(session, m) == Flow::Leave {
@@ -197,10 +299,9 @@ async fn write_loop(
         };
         let frames = match next {
             Next::Messages(batch) => batch.into_iter().map(|o| Message::text(o.text)).collect(),
-            Next::Heartbeat => vec![Message::ping(Vec::new())],
+            Next::Heartbeat => vec![Message::Ping(bytes::Bytes::new())],
             Next::Close(code) => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::close_with(code.code(), code.reason())))
-                    .await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_frame(code))).await;
                 return WriterEnd::Closed(code);
             }
         };
@@ -230,10 +331,11 @@ async fn first_message_token(
             Err(_) | Ok(None) | Ok(Some(Err(_))) => return Err(AuthError::Missing),
             Ok(Some(Ok(m))) => m,
         };
-        if msg.is_ping() || msg.is_pong() {
-            continue;
-        }
-        let Ok(text) = msg.to_str() else { return Err(AuthError::NotAuthFirst) };
+        let text = match &msg {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Text(t) => t.as_str(),
+            _ => return Err(AuthError::NotAuthFirst),
+        };
         return match ClientEnvelope::decode(text, max) {
             Ok(ClientEnvelope { msg: protocol::ClientMessage::Auth { token }, .. }) => Ok(token.0),
             _ => Err(AuthError::NotAuthFirst),
@@ -241,8 +343,6 @@ async fn first_message_token(
     }
 }
 
-fn is_capacity_error(e: &warp::Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+fn is_capacity_error(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Capacity(_))
 }
