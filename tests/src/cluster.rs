@@ -308,8 +308,8 @@ impl Drop for Nginx {
 
 /// Redis, `n` nodes and nginx in front of them.
 pub struct Cluster {
-    /// The shared Redis (restart it with [`Redis::restart`]).
-    pub redis: Redis,
+    /// The shared Redis (restart it with [`Redis::restart`]); None for [`Cluster::without_redis`].
+    pub redis: Option<Redis>,
     nodes: Vec<Option<SignalingServer>>,
     ports: Vec<u16>,
     // Kept apart from the nodes: a killed node's log still says what it served.
@@ -323,11 +323,22 @@ impl Cluster {
     pub fn start(n: usize, args: &[&str]) -> Result<Self> {
         let redis = Redis::start()?;
         let url = redis.url();
+        let mut all = vec!["--redis-url", url.as_str()];
+        all.extend_from_slice(args);
+        Self::with_nodes(Some(redis), n, &all)
+    }
+
+    /// `n` nodes on their own (no `--redis-url`: each keeps its rooms in memory) behind the same nginx.
+    pub fn without_redis(n: usize, args: &[&str]) -> Result<Self> {
+        Self::with_nodes(None, n, args)
+    }
+
+    fn with_nodes(redis: Option<Redis>, n: usize, args: &[&str]) -> Result<Self> {
         let mut nodes = Vec::new();
         let mut ports = Vec::new();
         let mut logs = Vec::new();
         for i in 0..n {
-            let mut all = vec!["--redis-url", url.as_str(), "--trusted-proxy", "127.0.0.1"];
+            let mut all = vec!["--trusted-proxy", "127.0.0.1"];
             all.extend_from_slice(args);
             let node =
                 SignalingServer::start(&all).with_context(|| format!("starting node {i}"))?;
@@ -343,6 +354,13 @@ impl Cluster {
             logs,
             nginx,
         })
+    }
+
+    /// The shared Redis.
+    pub fn redis(&mut self) -> Result<&mut Redis> {
+        self.redis
+            .as_mut()
+            .context("this cluster runs without Redis")
     }
 
     /// nginx's `http://127.0.0.1:PORT`: where every client goes.

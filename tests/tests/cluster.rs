@@ -13,9 +13,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use e2e::cluster::{Cluster, Nginx, check_doc_ships_the_nginx_conf};
+use e2e::cluster::{Cluster, check_doc_ships_the_nginx_conf};
 use e2e::{
-    Browser, Check, SignalingServer, demo_chat, demo_join, demo_wait_ready, keep_failure_artifacts,
+    Browser, Check, demo_chat, demo_join, demo_wait_ready, keep_failure_artifacts,
     require_loopback_only_network, wait_until,
 };
 use futures_util::StreamExt;
@@ -36,6 +36,8 @@ const WAIT: Duration = Duration::from_secs(20);
 const PLACEMENT_TRIES: usize = 12;
 /// A short resume window, so a peer that never comes back is announced soon.
 const RESUME_WINDOW_MS: u64 = 3_000;
+/// How long a node that stopped refreshing its presence in Redis still counts as alive (`--presence-ttl-ms`).
+const PRESENCE_TTL_MS: u64 = 3_000;
 
 // --- native signaling clients (the `peer` crate's, with resume) ---
 
@@ -194,14 +196,8 @@ async fn one_node_behind_the_shipped_nginx_config_serves_every_transport_and_see
 -> Result<()> {
     require_loopback_only_network()?;
     let _one = ONE_AT_A_TIME.lock().await;
-    let node = SignalingServer::start(&[
-        "--trusted-proxy",
-        "127.0.0.1",
-        "--join-rate-per-ip-per-min",
-        "3",
-    ])?;
-    let nginx = Nginx::start(&[node.port()?])?;
-    let url = nginx.url();
+    let cluster = Cluster::without_redis(1, &["--join-rate-per-ip-per-min", "3"])?;
+    let url = cluster.url();
 
     // Three transports, three joins from 127.0.0.1; a relay from the WebSocket peer reaches each.
     let mut ws = join(&url, "single", &[Transport::Ws]).await?;
@@ -576,11 +572,14 @@ async fn a_killed_nodes_peers_resume_elsewhere_and_one_that_does_not_return_is_a
     require_loopback_only_network()?;
     let _one = ONE_AT_A_TIME.lock().await;
     const N: u64 = 100;
-    /// How long a dead node's sessions may take to be announced: the resume window plus what the cluster
-    /// needs to notice a node is gone (its presence TTL), with slack.
-    const LEFT_WITHIN: Duration = Duration::from_millis(RESUME_WINDOW_MS + 12_000);
-    let window = RESUME_WINDOW_MS.to_string();
-    let mut cluster = Cluster::start(NODES, &["--resume-window-ms", &window])?;
+    /// How long after the kill a session that does not come back may take to be announced: the node's
+    /// presence TTL (the others notice it is gone), then its resume window, with slack for a loaded machine.
+    const LEFT_WITHIN: Duration = Duration::from_millis(PRESENCE_TTL_MS + RESUME_WINDOW_MS + 5_000);
+    let (window, ttl) = (RESUME_WINDOW_MS.to_string(), PRESENCE_TTL_MS.to_string());
+    let mut cluster = Cluster::start(
+        NODES,
+        &["--resume-window-ms", &window, "--presence-ttl-ms", &ttl],
+    )?;
     let room = "cluster-kill";
     let mut a = join(&cluster.url(), room, &[Transport::Ws]).await?;
     let x = node_of(&cluster, &a.id).await?;
@@ -745,11 +744,11 @@ async fn a_redis_restart_under_load_resumes_service_and_presence_converges() -> 
         );
     }
 
-    cluster.redis.kill();
+    cluster.redis()?.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(leaver); // leaves while Redis is down
     tokio::time::sleep(Duration::from_millis(700)).await;
-    cluster.redis.restart()?;
+    cluster.redis()?.restart()?;
     let back = Instant::now();
 
     // Relays flow again: some number sent after the restart arrives; all arrive in order, never twice.
