@@ -316,6 +316,9 @@ pub enum ErrorCode {
     TooManyCandidates,
     /// A `POST` whose `Content-Type` is not `application/json` (HTTP 415).
     UnsupportedMediaType,
+    /// A clustered node cannot reach its shared state (Redis) for what was asked (a join, a resume, a message
+    /// to a peer on another node): retry with backoff, possibly on another node.
+    ClusterUnavailable,
 }
 
 impl ErrorCode {
@@ -340,6 +343,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too-many-connections",
             ErrorCode::TooManyCandidates => "too-many-candidates",
             ErrorCode::UnsupportedMediaType => "unsupported-media-type",
+            ErrorCode::ClusterUnavailable => "cluster-unavailable",
         }
     }
 }
@@ -376,6 +380,9 @@ pub enum CloseCode {
     /// No valid join token (missing, expired, wrong room, bad signature) or none in time: do not reconnect
     /// without a new token.
     Unauthorized,
+    /// A clustered node lost its shared state (Redis) and could not admit or keep the session: reconnect
+    /// with backoff (another node, or this one once Redis is back).
+    ClusterUnavailable,
 }
 
 impl CloseCode {
@@ -393,6 +400,7 @@ impl CloseCode {
             CloseCode::NodeFull => 4003,
             CloseCode::RateLimited => 4004,
             CloseCode::Unauthorized => 4503,
+            CloseCode::ClusterUnavailable => 4005,
         }
     }
 
@@ -410,6 +418,7 @@ impl CloseCode {
             CloseCode::NodeFull => "node-full",
             CloseCode::RateLimited => "rate-limited",
             CloseCode::Unauthorized => "unauthorized",
+            CloseCode::ClusterUnavailable => "cluster-unavailable",
         }
     }
 

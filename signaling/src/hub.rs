@@ -1,11 +1,12 @@
 //! The session core: rooms, membership, presence and routing. Transports call [`Hub::join`],
 //! [`Hub::handle`] and [`Hub::leave`]; what a message means never depends on what carried it.
 
+use crate::broker::AnyBroker;
 use crate::session::Session;
 use dashmap::DashMap;
 use protocol::{
-    ClientEnvelope, ClientMessage, CloseCode, ErrorCode, Heartbeat, LeaveReason, Limits, ServerMessage, SessionInfo,
-    Welcome, PROTOCOL_VERSION,
+    ClientEnvelope, ClientMessage, CloseCode, ErrorCode, Heartbeat, LeaveReason, Limits, PROTOCOL_VERSION,
+    ServerMessage, SessionInfo, Welcome,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +52,9 @@ pub enum JoinError {
     /// Too many joins from the client's address (`--join-rate-per-ip-per-min`).
     #[error("too many joins from this address; retry later")]
     RateLimited,
+    /// Cluster mode, and Redis is unreachable: rooms are shared there, so nobody can be admitted.
+    #[error("the cluster is unreachable (Redis); retry later or on another node")]
+    ClusterUnavailable,
 }
 
 impl JoinError {
@@ -71,6 +75,7 @@ impl JoinError {
             JoinError::Unauthorized(e) => (e.code(), CloseCode::Unauthorized),
             JoinError::NodeFull(_) => (ErrorCode::NodeFull, CloseCode::NodeFull),
             JoinError::RateLimited => (ErrorCode::RateLimited, CloseCode::RateLimited),
+            JoinError::ClusterUnavailable => (ErrorCode::ClusterUnavailable, CloseCode::ClusterUnavailable),
         }
     }
 }
@@ -100,8 +105,7 @@ pub enum Resumed {
 #[derive(Debug)]
 pub struct Hub {
     cfg: HubConfig,
-    // Members in join order, so `welcome.peers` lists the oldest first.
-    rooms: DashMap<String, Vec<Arc<Session>>>,
+    broker: AnyBroker,
     // Every live session (attached or waiting to be resumed), by its secret.
     by_token: DashMap<String, Arc<Session>>,
     shutting_down: AtomicBool,
@@ -115,7 +119,7 @@ impl Hub {
         let joins = crate::limits::JoinLimiter::new(cfg.node.join_rate_per_ip_per_min, crate::limits::JOIN_TABLE_CAP);
         Hub {
             cfg,
-            rooms: DashMap::new(),
+            broker: AnyBroker::default(),
             by_token: DashMap::new(),
             shutting_down: AtomicBool::new(false),
             gate: crate::auth::Gate::default(),
@@ -145,24 +149,24 @@ impl Hub {
     }
 
     /// Adds a new session to `room`, queues its `welcome` (seq 1) and announces it to the others.
-    pub fn join(&self, room: &str) -> Result<Arc<Session>, JoinError> {
-        self.join_as(room, None, self.cfg.limits.max_peers)
+    pub async fn join(&self, room: &str) -> Result<Arc<Session>, JoinError> {
+        self.join_as(room, None, self.cfg.limits.max_peers).await
     }
 
     /// [`Hub::join`] for a joiner its token admitted, with the token's room-size cap.
-    pub fn join_granted(&self, room: &str, grant: &crate::auth::Grant) -> Result<Arc<Session>, JoinError> {
-        self.join_as(room, None, grant.cap(self.cfg.limits.max_peers))
+    pub async fn join_granted(&self, room: &str, grant: &crate::auth::Grant) -> Result<Arc<Session>, JoinError> {
+        self.join_as(room, None, grant.cap(self.cfg.limits.max_peers)).await
     }
 
     /// Resumes the session holding `token` from the client's last `seq` (`after`), if it is still there, in
     /// `room`, and its gap can be filled; otherwise ends it and joins a new one that says `recovered: false`.
-    pub fn resume(&self, room: &str, token: &str, after: u64) -> Result<Resumed, JoinError> {
-        self.resume_or_join(room, token, after, &Ok(crate::auth::Grant::default()))
+    pub async fn resume(&self, room: &str, token: &str, after: u64) -> Result<Resumed, JoinError> {
+        self.resume_or_join(room, token, after, &Ok(crate::auth::Grant::default())).await
     }
 
     /// [`Hub::resume`], where the fresh session that replaces a failed resume is a join like any other: it
     /// needs `fresh` to admit it (a resume needs no join token, but must not become a way around one).
-    pub fn resume_or_join(
+    pub async fn resume_or_join(
         &self,
         room: &str,
         token: &str,
@@ -176,7 +180,8 @@ impl Hub {
                 Ok(()) => {
                     // Queued behind the missed messages, so the client knows when the gap is filled.
                     let received = session.received();
-                    let pushed = session.push_with(|seq| ServerMessage::Resumed { replayed: seq - 1 - after, received });
+                    let pushed =
+                        session.push_with(|seq| ServerMessage::Resumed { replayed: seq - 1 - after, received });
                     if let Ok(seq) = pushed {
                         tracing::info!(peer = %session.peer_id(), room, after, missed = seq - 1 - after, "resumed");
                         return Ok(Resumed::Same(session));
@@ -190,7 +195,7 @@ impl Hub {
             }
         }
         let grant = fresh.as_ref().map_err(|e| JoinError::Unauthorized(e.clone()))?;
-        self.join_as(room, Some(false), grant.cap(self.cfg.limits.max_peers)).map(Resumed::Fresh)
+        self.join_as(room, Some(false), grant.cap(self.cfg.limits.max_peers)).await.map(Resumed::Fresh)
     }
 
     /// The live session holding `token`.
@@ -202,7 +207,12 @@ impl Hub {
         self.by_token.get(token).map(|s| s.clone()).filter(|s| s.token_matches(token))
     }
 
-    fn join_as(&self, room: &str, recovered: Option<bool>, max_peers: usize) -> Result<Arc<Session>, JoinError> {
+    /// The peer id of the live session holding `token`, wherever it is served.
+    pub async fn peer_of_token(&self, token: &str) -> Option<protocol::PeerId> {
+        self.session(token).map(|s| s.peer_id().to_owned())
+    }
+
+    async fn join_as(&self, room: &str, recovered: Option<bool>, max_peers: usize) -> Result<Arc<Session>, JoinError> {
         protocol::validate_room(room).map_err(JoinError::BadRoom)?;
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(JoinError::ShuttingDown);
@@ -213,45 +223,40 @@ impl Hub {
             tracing::warn!(limit = self.cfg.node.max_sessions, "join refused: --max-sessions reached");
             return Err(JoinError::NodeFull("max-sessions"));
         }
-        if !self.rooms.contains_key(room) && self.rooms.len() >= self.cfg.node.max_rooms {
+        if !self.has_local_room(room) && self.room_count() >= self.cfg.node.max_rooms {
             tracing::warn!(limit = self.cfg.node.max_rooms, "join refused: --max-rooms reached");
             return Err(JoinError::NodeFull("max-rooms"));
         }
-        let peer_id = new_id();
         let session = Arc::new(
-            Session::new(peer_id.clone(), room.to_owned(), new_id(), self.cfg.outbox)
+            Session::new(new_id(), room.to_owned(), new_id(), self.cfg.outbox)
                 .with_outbox_bytes(self.cfg.node.outbox_bytes),
         );
-        // The entry lock is held throughout, so nobody can route to the newcomer before its
-        // welcome is queued, and two joiners cannot both take the last place.
-        let mut members = self.rooms.entry(room.to_owned()).or_default();
-        if members.len() >= max_peers {
-            return Err(JoinError::RoomFull(members.len()));
-        }
-        let welcome = ServerMessage::Welcome(Welcome {
+        let welcome = |peers| self.welcome(&session, peers, recovered);
+        let peers = match &self.broker {
+            AnyBroker::Local(b) => b.admit(&session, max_peers, welcome)?,
+        };
+        self.by_token.insert(session.token().to_owned(), session.clone());
+        tracing::info!(peer = %session.peer_id(), room, peers, "joined");
+        Ok(session)
+    }
+
+    /// The `welcome` of `session`, with the peers already in its room.
+    fn welcome(&self, session: &Session, peers: Vec<protocol::PeerId>, recovered: Option<bool>) -> ServerMessage {
+        ServerMessage::Welcome(Welcome {
             protocol: PROTOCOL_VERSION,
             peer_id: session.peer_id().to_owned(),
-            room: room.to_owned(),
-            peers: members.iter().map(|m| m.peer_id().to_owned()).collect(),
+            room: session.room().to_owned(),
+            peers,
             ice_servers: self.cfg.ice_servers.for_peer(session.peer_id()),
             heartbeat: self.cfg.heartbeat,
             limits: self.cfg.limits,
             session: SessionInfo {
                 token: session.token().to_owned(),
-                url: format!("/v1/sessions/{peer_id}"),
+                url: format!("/v1/sessions/{}", session.peer_id()),
                 resume_window_ms: self.cfg.resume_window.as_millis() as u64,
             },
             recovered,
-        });
-        // A fresh buffer always has room for the welcome.
-        let _ = session.push(welcome);
-        for other in members.iter() {
-            let _ = other.push(ServerMessage::PeerJoined { peer_id: session.peer_id().to_owned() });
-        }
-        members.push(session.clone());
-        self.by_token.insert(session.token().to_owned(), session.clone());
-        tracing::info!(peer = %session.peer_id(), room, peers = members.len(), "joined");
-        Ok(session)
+        })
     }
 
     /// Acts on one client message unless its `cseq` shows the server already had it (a message sent again
@@ -290,10 +295,8 @@ impl Hub {
             }
             ClientMessage::Relay { to: None, data } => {
                 let msg = ServerMessage::Relay { from: from.peer_id().to_owned(), data };
-                if let Some(members) = self.rooms.get(from.room()) {
-                    for m in members.iter().filter(|m| m.peer_id() != from.peer_id()) {
-                        let _ = m.push(msg.clone());
-                    }
+                match &self.broker {
+                    AnyBroker::Local(b) => b.broadcast(from, msg),
                 }
             }
             ClientMessage::Ping { id } => {
@@ -319,20 +322,9 @@ impl Hub {
     /// Removes the session from its room and announces it. Idempotent.
     pub fn leave(&self, session: &Session, reason: LeaveReason) {
         self.by_token.remove_if(session.token(), |_, s| s.peer_id() == session.peer_id());
-        let removed = {
-            let Some(mut members) = self.rooms.get_mut(session.room()) else { return };
-            let before = members.len();
-            members.retain(|m| m.peer_id() != session.peer_id());
-            let removed = members.len() != before;
-            if removed {
-                for m in members.iter() {
-                    let _ = m.push(ServerMessage::PeerLeft { peer_id: session.peer_id().to_owned(), reason });
-                }
-            }
-            removed
+        let removed = match &self.broker {
+            AnyBroker::Local(b) => b.remove(session, reason),
         };
-        // Re-check under the entry lock: someone may have joined since the guard above was dropped.
-        self.rooms.remove_if(session.room(), |_, members| members.is_empty());
         if removed {
             tracing::info!(peer = %session.peer_id(), room = %session.room(), ?reason, "left");
         }
@@ -341,10 +333,8 @@ impl Hub {
     /// Refuses new joins and tells every session to close with 4000 (reconnect elsewhere or later).
     pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
-        for room in self.rooms.iter() {
-            for m in room.iter() {
-                m.close(CloseCode::Shutdown);
-            }
+        match &self.broker {
+            AnyBroker::Local(b) => b.for_each_member(|m| m.close(CloseCode::Shutdown)),
         }
     }
 
@@ -373,25 +363,30 @@ impl Hub {
 
     /// Sessions currently in rooms.
     pub fn session_count(&self) -> usize {
-        self.rooms.iter().map(|r| r.len()).sum()
+        match &self.broker {
+            AnyBroker::Local(b) => b.session_count(),
+        }
     }
 
-    /// Rooms with at least one peer.
+    /// Rooms with at least one peer on this node.
     pub fn room_count(&self) -> usize {
-        self.rooms.len()
+        match &self.broker {
+            AnyBroker::Local(b) => b.room_count(),
+        }
+    }
+
+    fn has_local_room(&self, room: &str) -> bool {
+        match &self.broker {
+            AnyBroker::Local(b) => b.has_room(room),
+        }
     }
 
     fn send_to(&self, from: &Session, to: &str, msg: ServerMessage) {
-        let target = self
-            .rooms
-            .get(from.room())
-            .and_then(|members| members.iter().find(|m| m.peer_id() == to && m.peer_id() != from.peer_id()).cloned());
-        match target {
-            // A full target is the target's problem (it gets closed), not the sender's.
-            Some(target) => {
-                let _ = target.push(msg);
-            }
-            None => self.refuse(from, ErrorCode::UnknownPeer, format!("no peer {to:?} in room {:?}", from.room())),
+        let delivered = match &self.broker {
+            AnyBroker::Local(b) => b.send_to(from, to, msg),
+        };
+        if !delivered {
+            self.refuse(from, ErrorCode::UnknownPeer, format!("no peer {to:?} in room {:?}", from.room()));
         }
     }
 }
@@ -409,7 +404,7 @@ pub fn leave_reason(code: CloseCode) -> LeaveReason {
 
 /// 128 random bits, hex: unguessable, so knowing a peer id grants nothing outside the room, and a session
 /// token cannot be guessed at all.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut bytes = [0u8; 16];
     // The OS RNG failing means the machine is unusable; there is no safe fallback for unguessable ids.
     getrandom::fill(&mut bytes).expect("OS random number generator");
@@ -444,12 +439,12 @@ mod tests {
         got.iter().map(|o| ServerEnvelope::decode(&o.text).unwrap().msg).collect()
     }
 
-    #[test]
-    fn join_welcome_presence_and_routing() {
+    #[tokio::test]
+    async fn join_welcome_presence_and_routing() {
         let hub = hub(4);
-        let a = hub.join("r").unwrap();
+        let a = hub.join("r").await.unwrap();
         let mut a_io = Reader(a.clone(), 0);
-        let b = hub.join("r").unwrap();
+        let b = hub.join("r").await.unwrap();
         let mut b_io = Reader(b.clone(), 0);
         let ServerMessage::Welcome(w) = &drain(&mut b_io)[0] else { panic!("no welcome") };
         assert_eq!(w.peers, vec![a.peer_id().to_owned()]);
@@ -471,12 +466,12 @@ mod tests {
         assert_eq!(hub.room_count(), 0);
     }
 
-    #[test]
-    fn no_signalling_across_rooms_or_to_self() {
+    #[tokio::test]
+    async fn no_signalling_across_rooms_or_to_self() {
         let hub = hub(4);
-        let a = hub.join("r1").unwrap();
+        let a = hub.join("r1").await.unwrap();
         let mut a_io = Reader(a.clone(), 0);
-        let b = hub.join("r2").unwrap();
+        let b = hub.join("r2").await.unwrap();
         let mut b_io = Reader(b.clone(), 0);
         drain(&mut a_io);
         drain(&mut b_io);
@@ -488,22 +483,22 @@ mod tests {
         assert!(drain(&mut b_io).is_empty());
     }
 
-    #[test]
-    fn room_limit_and_bad_names() {
+    #[tokio::test]
+    async fn room_limit_and_bad_names() {
         let hub = hub(2);
-        let _a = hub.join("r").unwrap();
-        let _b = hub.join("r").unwrap();
-        assert_eq!(hub.join("r").unwrap_err(), JoinError::RoomFull(2));
-        assert!(matches!(hub.join("a b"), Err(JoinError::BadRoom(_))));
+        let _a = hub.join("r").await.unwrap();
+        let _b = hub.join("r").await.unwrap();
+        assert_eq!(hub.join("r").await.unwrap_err(), JoinError::RoomFull(2));
+        assert!(matches!(hub.join("a b").await, Err(JoinError::BadRoom(_))));
     }
 
-    #[test]
-    fn shutdown_closes_everyone_and_refuses_joins() {
+    #[tokio::test]
+    async fn shutdown_closes_everyone_and_refuses_joins() {
         let hub = hub(4);
-        let a = hub.join("r").unwrap();
+        let a = hub.join("r").await.unwrap();
         hub.shutdown();
         assert_eq!(a.close_code(), Some(CloseCode::Shutdown));
-        assert_eq!(hub.join("r").unwrap_err(), JoinError::ShuttingDown);
+        assert_eq!(hub.join("r").await.unwrap_err(), JoinError::ShuttingDown);
     }
 
     fn welcome_of(msgs: &[ServerMessage]) -> Welcome {
@@ -514,10 +509,10 @@ mod tests {
     }
 
     /// `a` and `b` in room `r`, both read up to now, and `a`'s connection just dropped: returns a's token.
-    fn a_drops(hub: &Hub) -> (Arc<Session>, Reader, Arc<Session>, Reader, String) {
-        let a = hub.join("r").unwrap();
+    async fn a_drops(hub: &Hub) -> (Arc<Session>, Reader, Arc<Session>, Reader, String) {
+        let a = hub.join("r").await.unwrap();
         let mut a_io = Reader(a.clone(), 0);
-        let b = hub.join("r").unwrap();
+        let b = hub.join("r").await.unwrap();
         let mut b_io = Reader(b.clone(), 0);
         let token = welcome_of(&drain(&mut a_io)).session.token;
         drain(&mut b_io);
@@ -526,13 +521,13 @@ mod tests {
         (a, a_io, b, b_io, token)
     }
 
-    #[test]
-    fn a_resume_within_the_window_replays_what_was_missed_and_nobody_sees_a_leave() {
+    #[tokio::test]
+    async fn a_resume_within_the_window_replays_what_was_missed_and_nobody_sees_a_leave() {
         let hub = hub(4);
-        let (a, mut a_io, b, mut b_io, token) = a_drops(&hub);
+        let (a, mut a_io, b, mut b_io, token) = a_drops(&hub).await;
         hub.handle(&b, ClientMessage::Signal { to: a.peer_id().into(), data: SignalData::EndOfCandidates });
         hub.reap(Instant::now() + Duration::from_millis(100));
-        let Resumed::Same(again) = hub.resume("r", &token, a_io.1).unwrap() else { panic!("not resumed") };
+        let Resumed::Same(again) = hub.resume("r", &token, a_io.1).await.unwrap() else { panic!("not resumed") };
         assert!(Arc::ptr_eq(&again, &a));
         assert_eq!(
             drain(&mut a_io),
@@ -544,39 +539,49 @@ mod tests {
         assert!(drain(&mut b_io).is_empty(), "b must not see a leave for a short drop");
     }
 
-    #[test]
-    fn after_the_window_the_peer_leaves_and_a_resume_gets_a_new_session() {
+    #[tokio::test]
+    async fn after_the_window_the_peer_leaves_and_a_resume_gets_a_new_session() {
         let hub = hub(4);
-        let (a, a_io, _b, mut b_io, token) = a_drops(&hub);
+        let (a, a_io, _b, mut b_io, token) = a_drops(&hub).await;
         hub.reap(Instant::now() + Duration::from_millis(301));
-        assert_eq!(drain(&mut b_io), [ServerMessage::PeerLeft { peer_id: a.peer_id().into(), reason: LeaveReason::Closed }]);
-        let Resumed::Fresh(fresh) = hub.resume("r", &token, a_io.1).unwrap() else { panic!("resumed a dead session") };
+        assert_eq!(
+            drain(&mut b_io),
+            [ServerMessage::PeerLeft { peer_id: a.peer_id().into(), reason: LeaveReason::Closed }]
+        );
+        let Resumed::Fresh(fresh) = hub.resume("r", &token, a_io.1).await.unwrap() else {
+            panic!("resumed a dead session")
+        };
         let w = welcome_of(&drain(&mut Reader(fresh.clone(), 0)));
         assert_eq!(w.recovered, Some(false));
         assert_ne!(w.peer_id, a.peer_id());
         assert_eq!(drain(&mut b_io), [ServerMessage::PeerJoined { peer_id: w.peer_id }]);
     }
 
-    #[test]
-    fn resumes_that_cannot_be_honoured_start_afresh() {
+    #[tokio::test]
+    async fn resumes_that_cannot_be_honoured_start_afresh() {
         let hub = hub(4);
-        let a = hub.join("r").unwrap();
+        let a = hub.join("r").await.unwrap();
         let mut a_io = Reader(a.clone(), 0);
         let token = welcome_of(&drain(&mut a_io)).session.token;
-        let _other = hub.join("r").unwrap();
+        let _other = hub.join("r").await.unwrap();
         // Wrong room, malformed or unknown token, a seq never sent: all fresh, none touches `a`.
-        for (room, tok, after) in [("r2", token.as_str(), 1), ("r", "nope", 1), ("r", "0123456789abcdef0123456789abcdef", 1), ("r", &token, 99)] {
-            let Resumed::Fresh(s) = hub.resume(room, tok, after).unwrap() else { panic!("{room} {tok} {after}") };
+        for (room, tok, after) in [
+            ("r2", token.as_str(), 1),
+            ("r", "nope", 1),
+            ("r", "0123456789abcdef0123456789abcdef", 1),
+            ("r", &token, 99),
+        ] {
+            let Resumed::Fresh(s) = hub.resume(room, tok, after).await.unwrap() else { panic!("{room} {tok} {after}") };
             assert_ne!(s.peer_id(), a.peer_id());
         }
         // A bad room is still refused outright.
-        assert!(matches!(hub.resume("bad room", &token, 1), Err(JoinError::BadRoom(_))));
+        assert!(matches!(hub.resume("bad room", &token, 1).await, Err(JoinError::BadRoom(_))));
     }
 
-    #[test]
-    fn a_gap_that_cannot_be_filled_ends_the_old_session() {
+    #[tokio::test]
+    async fn a_gap_that_cannot_be_filled_ends_the_old_session() {
         let hub = hub(4); // 16 messages kept
-        let a = hub.join("r").unwrap();
+        let a = hub.join("r").await.unwrap();
         let mut a_io = Reader(a.clone(), 0);
         let token = welcome_of(&drain(&mut a_io)).session.token;
         for _ in 0..20 {
@@ -585,14 +590,14 @@ mod tests {
         assert_eq!(a.close_code(), Some(CloseCode::SlowConsumer));
         hub.reap(Instant::now());
         assert!(hub.session(&token).is_none());
-        assert!(matches!(hub.resume("r", &token, 1).unwrap(), Resumed::Fresh(_)));
+        assert!(matches!(hub.resume("r", &token, 1).await.unwrap(), Resumed::Fresh(_)));
     }
 
-    #[test]
-    fn a_silent_client_is_timed_out_after_interval_plus_timeout() {
+    #[tokio::test]
+    async fn a_silent_client_is_timed_out_after_interval_plus_timeout() {
         let hub = hub(4);
-        let a = hub.join("r").unwrap();
-        let b = hub.join("r").unwrap();
+        let a = hub.join("r").await.unwrap();
+        let b = hub.join("r").await.unwrap();
         let mut b_io = Reader(b.clone(), 0);
         drain(&mut b_io);
         let (a_seen, _) = a.liveness();
@@ -603,11 +608,14 @@ mod tests {
         hub.reap(a_seen + Duration::from_millis(1501));
         assert_eq!(b.close_code(), None);
         assert_eq!(a.close_code(), Some(CloseCode::HeartbeatTimeout));
-        assert_eq!(drain(&mut b_io), [ServerMessage::PeerLeft { peer_id: a.peer_id().into(), reason: LeaveReason::Timeout }]);
+        assert_eq!(
+            drain(&mut b_io),
+            [ServerMessage::PeerLeft { peer_id: a.peer_id().into(), reason: LeaveReason::Timeout }]
+        );
     }
 
-    #[test]
-    fn peer_ids_are_long_and_distinct() {
+    #[tokio::test]
+    async fn peer_ids_are_long_and_distinct() {
         let a = new_id();
         assert_eq!(a.len(), 32);
         assert_ne!(a, new_id());

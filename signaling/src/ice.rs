@@ -2,12 +2,10 @@
 //! short-lived REST credentials minted per session ([`turn_config`]). `welcome` carries them; `GET /v1/ice`
 //! returns fresh ones, so a client can refresh its TURN credential before it expires.
 
-use crate::hub::Hub;
 use crate::stun::StunResponder;
 use protocol::{ErrorCode, IceConfig, IceServer};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use turn_config::TurnServers;
 use turn_config::credential::Secrets;
@@ -161,7 +159,11 @@ pub async fn setup(flags: &IceFlags, listen: SocketAddr) -> Result<(IceServers, 
         flags.stun_public_urls.clone()
     } else {
         // The responder's own address, when clients can use it as it is; 0.0.0.0 names no reachable host.
-        stun.iter().map(StunResponder::local_addr).filter(|a| !a.ip().is_unspecified()).map(|a| format!("stun:{a}")).collect()
+        stun.iter()
+            .map(StunResponder::local_addr)
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| format!("stun:{a}"))
+            .collect()
     };
     Ok((IceServers { stun_urls, turn }, stun))
 }
@@ -171,51 +173,63 @@ pub async fn setup(flags: &IceFlags, listen: SocketAddr) -> Result<(IceServers, 
 /// With `Authorization: Bearer <session token>`, TURN credentials are minted for that live session's peer id.
 /// Without it they are minted for `ID` (a random label when absent) — unless the server requires join tokens:
 /// then TURN credentials (relay bandwidth) go only to sessions that were admitted, and the request is 401.
-pub fn route(
-    hub: Arc<Hub>,
-) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+///
+/// `lookup` resolves a session token to its peer id (the hub's sessions, or the cluster's): this module mints,
+/// it does not know where sessions live.
+pub fn route<L, F>(
+    ice: IceServers,
+    lookup: L,
+    tokens_required: bool,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static
+where
+    L: Fn(String) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Option<String>> + Send,
+{
     warp::path!("v1" / "ice")
         .and(warp::get())
         .and(warp::query::<std::collections::HashMap<String, String>>())
         .and(warp::header::optional::<String>("authorization"))
-        .map(move |query: std::collections::HashMap<String, String>, auth: Option<String>| {
-            let refuse = |status, code: ErrorCode, message: &str| {
-                let body = serde_json::json!({ "code": code.as_str(), "message": message });
-                let reply = warp::reply::with_status(warp::reply::json(&body), status);
-                warp::reply::with_header(reply, "cache-control", "no-store")
-            };
-            let session = match crate::transport::http::bearer(auth.as_deref()) {
-                Some(token) => match hub.session(token) {
-                    Some(s) => Some(s),
-                    None => {
-                        return refuse(warp::http::StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "not a live session's token");
+        .then(move |query: std::collections::HashMap<String, String>, auth: Option<String>| {
+            let (ice, lookup) = (ice.clone(), lookup.clone());
+            async move {
+                let refuse = |status, code: ErrorCode, message: &str| {
+                    let body = serde_json::json!({ "code": code.as_str(), "message": message });
+                    let reply = warp::reply::with_status(warp::reply::json(&body), status);
+                    warp::reply::with_header(reply, "cache-control", "no-store")
+                };
+                let session_peer = match crate::transport::http::bearer(auth.as_deref()) {
+                    Some(token) => match lookup(token.to_owned()).await {
+                        Some(peer) => Some(peer),
+                        None => {
+                            return refuse(
+                                warp::http::StatusCode::UNAUTHORIZED,
+                                ErrorCode::Unauthorized,
+                                "not a live session's token",
+                            );
+                        }
+                    },
+                    None if tokens_required => {
+                        return refuse(
+                            warp::http::StatusCode::UNAUTHORIZED,
+                            ErrorCode::Unauthorized,
+                            "this server requires join tokens: send Authorization: Bearer <session token>",
+                        );
                     }
-                },
-                None if hub.gate().required() => {
-                    return refuse(
-                        warp::http::StatusCode::UNAUTHORIZED,
-                        ErrorCode::Unauthorized,
-                        "this server requires join tokens: send Authorization: Bearer <session token>",
-                    );
-                }
-                None => None,
-            };
-            let peer_id = match (session, query.get("peer_id")) {
-                (Some(s), _) => s.peer_id().to_owned(),
-                (None, Some(id)) if valid_label(id) => id.clone(),
-                (None, Some(id)) => {
-                    let body = serde_json::json!({
-                        "code": ErrorCode::BadMessage.as_str(),
-                        "message": format!("peer_id {id:?}: 1–128 characters of A–Z a–z 0–9 - _ . @"),
-                    });
-                    let reply = warp::reply::with_status(warp::reply::json(&body), warp::http::StatusCode::BAD_REQUEST);
-                    return warp::reply::with_header(reply, "cache-control", "no-store");
-                }
-                (None, None) => anonymous_label(),
-            };
-            let body = IceConfig { ice_servers: hub.config().ice_servers.for_peer(&peer_id) };
-            let reply = warp::reply::with_status(warp::reply::json(&body), warp::http::StatusCode::OK);
-            warp::reply::with_header(reply, "cache-control", "no-store")
+                    None => None,
+                };
+                let peer_id = match (session_peer, query.get("peer_id")) {
+                    (Some(peer), _) => peer,
+                    (None, Some(id)) if valid_label(id) => id.clone(),
+                    (None, Some(id)) => {
+                        let message = format!("peer_id {id:?}: 1–128 characters of A–Z a–z 0–9 - _ . @");
+                        return refuse(warp::http::StatusCode::BAD_REQUEST, ErrorCode::BadMessage, &message);
+                    }
+                    (None, None) => anonymous_label(),
+                };
+                let body = IceConfig { ice_servers: ice.for_peer(&peer_id) };
+                let reply = warp::reply::with_status(warp::reply::json(&body), warp::http::StatusCode::OK);
+                warp::reply::with_header(reply, "cache-control", "no-store")
+            }
         })
 }
 
@@ -287,7 +301,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_stun_responder_is_advertised_at_its_own_address() {
-        let (ice, stun) = setup(&flags(&["--stun-listen", "127.0.0.1:0"]), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let (ice, stun) =
+            setup(&flags(&["--stun-listen", "127.0.0.1:0"]), "127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = stun.unwrap().local_addr();
         assert_eq!(ice.for_peer("p")[0].urls, [format!("stun:{addr}")]);
         // On 0.0.0.0 the address is no use to clients: nothing is advertised unless a public URL is given.

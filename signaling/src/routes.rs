@@ -169,7 +169,14 @@ pub fn routes(
         .map(crate::origin::preflight)
         .recover(crate::origin::recover);
 
-    let ice = crate::ice::route(hub_for_ice);
+    let ice = {
+        let (servers, required) = (hub_for_ice.config().ice_servers.clone(), hub_for_ice.gate().required());
+        let lookup = move |token: String| {
+            let hub = hub_for_ice.clone();
+            async move { hub.peer_of_token(&token).await }
+        };
+        crate::ice::route(servers, lookup, required)
+    };
 
     let healthz = warp::path!("healthz").and(warp::get()).and(with_hub).map(|hub: Arc<Hub>| {
         warp::reply::json(&serde_json::json!({

@@ -93,6 +93,32 @@ impl Session {
         }
     }
 
+    /// A session carried over from another node (cluster resume): `buf` is its outbox as the cluster kept it,
+    /// ending at `last`; the client has everything up to `after`, and the server had its messages up to
+    /// `last_cseq`.
+    pub fn restore(
+        peer_id: PeerId,
+        room: String,
+        token: String,
+        capacity: usize,
+        buf: Vec<Outgoing>,
+        last: u64,
+        after: u64,
+        last_cseq: u64,
+    ) -> Self {
+        let s = Session::new(peer_id, room, token, capacity);
+        {
+            let mut st = s.state();
+            st.next_seq = last + 1;
+            st.bytes = buf.iter().map(|o| o.text.len()).sum();
+            st.buf = buf.into();
+            st.handed_out = after.min(last);
+            st.last_cseq = last_cseq;
+        }
+        s.last_seq.send_replace(last);
+        s
+    }
+
     /// Also bounds the buffer to `bytes` of encoded messages: a client that does not read can make the
     /// server hold this much for it, not more.
     pub fn with_outbox_bytes(mut self, bytes: usize) -> Self {
@@ -146,8 +172,44 @@ impl Session {
         let seq = st.next_seq;
         st.next_seq += 1;
         let text = ServerEnvelope { seq, msg: msg(seq) }.encode();
-        st.bytes += text.len();
-        st.buf.push_back(Outgoing { seq, text });
+        self.append(st, Outgoing { seq, text })?;
+        Ok(seq)
+    }
+
+    /// Buffers a message whose `seq` was stamped elsewhere (by the cluster, which numbers every session's
+    /// messages): a `seq` already here is a duplicate and ignored; one past a missing `seq` is not taken, and
+    /// the caller fills the gap first.
+    pub fn accept_stamped(&self, seq: u64, text: String) -> Result<Stamped, Closed> {
+        if self.kill.borrow().is_some() {
+            return Err(Closed);
+        }
+        let mut st = self.state();
+        let last = st.next_seq - 1;
+        if seq <= last {
+            return Ok(Stamped::Duplicate);
+        }
+        if seq > last + 1 {
+            return Ok(Stamped::Gap { last });
+        }
+        st.next_seq = seq + 1;
+        self.append(st, Outgoing { seq, text })?;
+        Ok(Stamped::Appended)
+    }
+
+    /// The last `seq` buffered (0: none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.state().next_seq - 1
+    }
+
+    /// The buffered messages, oldest first (what a cluster re-sync writes back).
+    pub fn buffered(&self) -> Vec<Outgoing> {
+        self.state().buf.iter().cloned().collect()
+    }
+
+    fn append(&self, mut st: std::sync::MutexGuard<'_, State>, out: Outgoing) -> Result<(), Closed> {
+        let seq = out.seq;
+        st.bytes += out.text.len();
+        st.buf.push_back(out);
         let mut lost = false;
         while st.buf.len() > self.capacity || (st.bytes > self.byte_capacity && st.buf.len() > 1) {
             if let Some(old) = st.buf.pop_front() {
@@ -162,7 +224,7 @@ impl Session {
             self.close(CloseCode::SlowConsumer);
             return Err(Closed);
         }
-        Ok(seq)
+        Ok(())
     }
 
     /// The buffered messages after `after`, in order; `Err` if some of them are no longer buffered.
@@ -268,6 +330,20 @@ impl Session {
     pub fn close_code(&self) -> Option<CloseCode> {
         *self.kill.borrow()
     }
+}
+
+/// What [`Session::accept_stamped`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamped {
+    /// Buffered.
+    Appended,
+    /// Already buffered (delivered twice: dropped).
+    Duplicate,
+    /// Messages after `last` are missing before this one: fill them first.
+    Gap {
+        /// The last `seq` buffered.
+        last: u64,
+    },
 }
 
 /// The session could not take a message: it has been told to close.

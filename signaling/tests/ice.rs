@@ -185,7 +185,7 @@ async fn get_v1_ice_returns_fresh_credentials_and_refuses_bad_peer_ids() {
 
     // With a live session's token the credential is that session's, whatever peer_id says; a dead or guessed
     // token is refused (it would otherwise be a way to mint for any name).
-    let session = hub.join("r").unwrap();
+    let session = hub.join("r").await.unwrap();
     let auth = format!("Bearer {}", session.token());
     let res = warp::test::request().path("/v1/ice?peer_id=someone-else").header("authorization", &auth).reply(&routes).await;
     assert_eq!(res.status(), 200);

@@ -204,14 +204,14 @@ async fn twenty_thousand_rooms_from_one_client_stop_at_max_rooms() {
     let mut held = Vec::new();
     let mut refused = 0;
     for i in 0..20_000 {
-        match hub.join(&format!("room-{i}")) {
+        match hub.join(&format!("room-{i}")).await {
             Ok(s) => held.push(s),
             Err(JoinError::NodeFull("max-rooms")) => refused += 1,
             Err(e) => panic!("unexpected {e}"),
         }
     }
     assert_eq!((held.len(), refused, hub.room_count()), (100, 19_900, 100));
-    assert!(hub.join("room-0").is_ok(), "existing rooms still take peers");
+    assert!(hub.join("room-0").await.is_ok(), "existing rooms still take peers");
 }
 
 /// The same cap over the wire, with the per-address join limit in front of it.

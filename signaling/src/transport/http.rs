@@ -106,9 +106,9 @@ pub async fn poll(room: String, auth: Option<String>, q: PollQuery, hub: Arc<Hub
     let admit = || hub.gate().admit(q.token.as_ref().map(|t| t.0.as_str()), &room);
     let joined = match (&q.resume, bearer(auth.as_deref())) {
         (Some(token), _) => {
-            Start::Resume { token: token.clone(), after: q.after }.run(&hub, &room, &admit()).map(|(s, a)| (s, a, false))
+            Start::Resume { token: token.clone(), after: q.after }.run(&hub, &room, &admit()).await.map(|(s, a)| (s, a, false))
         }
-        (None, None) => Start::Join.run(&hub, &room, &admit()).map(|(s, a)| (s, a, false)),
+        (None, None) => Start::Join.run(&hub, &room, &admit()).await.map(|(s, a)| (s, a, false)),
         // A plain poll never starts a session: a client whose session is gone (it left, or was timed out)
         // hears so, and resumes explicitly (`resume=`) if it wants to go on.
         (None, Some(token)) => match hub.session(token) {
@@ -176,7 +176,9 @@ pub fn refused_join(e: &JoinError, room: &str) -> Response {
     let status = match e {
         JoinError::BadRoom(_) => StatusCode::BAD_REQUEST,
         JoinError::RoomFull(_) => StatusCode::CONFLICT,
-        JoinError::ShuttingDown | JoinError::NodeFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+        JoinError::ShuttingDown | JoinError::NodeFull(_) | JoinError::ClusterUnavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         JoinError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         JoinError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
     };

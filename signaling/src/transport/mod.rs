@@ -47,7 +47,7 @@ pub enum Start {
 impl Start {
     /// Joins (if `admit` lets it) or resumes on `hub`; returns the session and the `seq` after which its
     /// client needs messages. A resume needs no join token; the fresh session that replaces a failed one does.
-    pub fn run(
+    pub async fn run(
         &self,
         hub: &Hub,
         room: &str,
@@ -58,9 +58,9 @@ impl Start {
                 // The room name is checked first, so a bad room says `bad-room` whatever the token.
                 protocol::validate_room(room).map_err(crate::hub::JoinError::BadRoom)?;
                 let grant = admit.as_ref().map_err(|e| crate::hub::JoinError::Unauthorized(e.clone()))?;
-                Ok((hub.join_granted(room, grant)?, 0))
+                Ok((hub.join_granted(room, grant).await?, 0))
             }
-            Start::Resume { token, after } => match hub.resume_or_join(room, token, *after, admit)? {
+            Start::Resume { token, after } => match hub.resume_or_join(room, token, *after, admit).await? {
                 Resumed::Same(s) => Ok((s, *after)),
                 Resumed::Fresh(s) => Ok((s, 0)),
             },

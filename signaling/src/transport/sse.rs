@@ -151,7 +151,7 @@ async fn pump(room: String, start: Start, admit: crate::auth::Admit, hub: Arc<Hu
     if tx.send(vec![format!("retry: {RETRY_MS}\n\n")]).await.is_err() {
         return;
     }
-    let (session, after) = match start.run(&hub, &room, &admit) {
+    let (session, after) = match start.run(&hub, &room, &admit).await {
         Ok(joined) => joined,
         Err(e) => {
             // No session, so no id: a browser reconnecting by itself starts afresh (and the client, seeing

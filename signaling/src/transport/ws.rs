@@ -68,7 +68,7 @@ pub async fn serve(socket: WebSocket, room: String, start: Start, token: Option<
     } else {
         gate.admit(token.as_deref(), &room)
     };
-    let (session, after) = match start.run(&hub, &room, &admit) {
+    let (session, after) = match start.run(&hub, &room, &admit).await {
         Ok(joined) => joined,
         Err(e) => {
             let (msg, close) = e.refusal(&room);
