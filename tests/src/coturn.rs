@@ -56,7 +56,14 @@ impl Coturn {
             .args(["--allow-loopback-peers", "--allowed-peer-ip=127.0.0.1"])
             // UDP only (what the tests use): a TCP listener on the same port could find it taken by some
             // ephemeral TCP connection, since only the UDP port was checked free.
-            .args(["--no-tcp", "--no-tls", "--no-dtls", "--log-file", "stdout", "--simple-log"])
+            .args([
+                "--no-tcp",
+                "--no-tls",
+                "--no-dtls",
+                "--log-file",
+                "stdout",
+                "--simple-log",
+            ])
             .arg("--pidfile")
             .arg(dir.join("turnserver.pid"))
             .arg("--db")
@@ -66,7 +73,13 @@ impl Coturn {
             .stderr(log_file)
             .spawn()
             .context("starting turnserver (is the coturn package installed?)")?;
-        let mut coturn = Coturn { child, dir, port, secret_file, log };
+        let mut coturn = Coturn {
+            child,
+            dir,
+            port,
+            secret_file,
+            log,
+        };
         coturn.wait_ready()?;
         Ok(coturn)
     }
@@ -96,7 +109,11 @@ impl Coturn {
         let mut buf = [0u8; 512];
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
-                bail!("turnserver exited ({status}) before answering; its log {}:\n{}", self.log.display(), self.log());
+                bail!(
+                    "turnserver exited ({status}) before answering; its log {}:\n{}",
+                    self.log.display(),
+                    self.log()
+                );
             }
             sock.send_to(&request, (Ipv4Addr::LOCALHOST, self.port))?;
             if let Ok((n, _)) = sock.recv_from(&mut buf)
@@ -106,7 +123,10 @@ impl Coturn {
                 return Ok(());
             }
         }
-        bail!("turnserver did not answer STUN within {START_TIMEOUT:?}; its log: {}", self.log.display())
+        bail!(
+            "turnserver did not answer STUN within {START_TIMEOUT:?}; its log: {}",
+            self.log.display()
+        )
     }
 }
 
@@ -120,5 +140,7 @@ impl Drop for Coturn {
 
 /// A loopback UDP port that was free a moment ago.
 fn free_udp_port() -> Result<u16> {
-    Ok(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }

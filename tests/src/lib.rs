@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+pub mod cluster;
 pub mod coturn;
 pub use coturn::Coturn;
 use serde_json::{Value, json};
@@ -181,6 +182,7 @@ static SERVERS_STARTED: AtomicU32 = AtomicU32::new(0);
 pub struct SignalingServer {
     child: Child,
     url: String,
+    log_path: PathBuf,
 }
 
 impl SignalingServer {
@@ -257,12 +259,18 @@ impl SignalingServer {
         Ok(Self {
             child,
             url: url.to_owned(),
+            log_path,
         })
     }
 
     /// `http://127.0.0.1:PORT`, without a trailing slash.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The file its stderr (its log) goes to.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
     }
 }
 
@@ -531,14 +539,14 @@ async fn driver_ready(port: u16) -> Result<Check<()>> {
 
 /// A loopback port that was free a moment ago. Another process could take it before chromedriver binds it;
 /// on a test machine that is rare enough not to warrant retries.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener =
         TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a loopback port")?;
     Ok(listener.local_addr()?.port())
 }
 
 /// A process-unique suffix for file names.
-fn unique() -> String {
+pub fn unique() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -682,7 +690,10 @@ impl SignalingServer {
                 .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
                 .with_context(|| format!("no {name} in {path}"))
         };
-        Ok(Memory { rss_kib: field("VmRSS:")?, hwm_kib: field("VmHWM:")? })
+        Ok(Memory {
+            rss_kib: field("VmRSS:")?,
+            hwm_kib: field("VmHWM:")?,
+        })
     }
 
     /// Resets `VmHWM` to the current RSS (writes `5` to `/proc/<pid>/clear_refs`, Linux ≥ 4.0), so the next
