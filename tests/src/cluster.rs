@@ -196,9 +196,14 @@ impl Nginx {
             .iter()
             .map(|p| format!("server 127.0.0.1:{p};"))
             .collect();
+        // Only the directive lines are filled in: the header comment names the placeholders too, and a
+        // multi-line node list spliced into a comment would leave `server …;` lines outside any block.
         let site = NGINX_CONF
-            .replace("@NODES@", &nodes.join("\n    "))
-            .replace("@LISTEN@", &format!("127.0.0.1:{port}"));
+            .replace("\n    @NODES@\n", &format!("\n    {}\n", nodes.join("\n    ")))
+            .replace("listen @LISTEN@;", &format!("listen 127.0.0.1:{port};"));
+        if site.contains("\n    @NODES@") || site.contains("listen @LISTEN@") {
+            bail!("deploy/nginx-signaling.conf: a placeholder line was not filled in");
+        }
         std::fs::write(dir.join("signaling.conf"), site)?;
         let access_log = dir.join("access.log");
         let d = dir.display();

@@ -79,6 +79,12 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 const QUEUE: usize = 16_384;
 /// Writes sent to Redis in one pipeline.
 const BATCH: usize = 256;
+/// How often a degraded node tries Redis again: the presence period (a third of the TTL, 5 s by default) would
+/// leave cross-node rooms refused for seconds after Redis is back.
+const DEGRADED_RETRY: Duration = Duration::from_millis(250);
+/// After a recovery, when the first room reconcile runs: the other nodes saw the same outage and re-sync within a
+/// few retries. A node that re-syncs later is caught by the second reconcile, one TTL after the recovery.
+const RECONCILE_SETTLE: Duration = Duration::from_secs(2);
 
 // Shared by the scripts: deliver one message to one peer (seq, stream, publish to its node), and remove a
 // peer (announcing it to the rest of its room).
@@ -448,7 +454,7 @@ impl RedisBroker {
             Ok((1, n, welcome, mut peers)) => {
                 let _ = session.accept_stamped(1, stamp(1, &welcome));
                 peers.push(session.peer_id().to_owned());
-                self.views.insert(session.room().to_owned(), peers);
+                self.merge_view(session.room(), peers);
                 Ok(n)
             }
             Ok((_, n, _, _)) => {
@@ -629,7 +635,7 @@ impl RedisBroker {
         let session =
             Arc::new(Session::restore(peer.clone(), room.to_owned(), token.to_owned(), capacity, buf, last, after, rc));
         self.local.insert(peer, session.clone());
-        self.views.insert(room.to_owned(), members);
+        self.merge_view(room, members);
         Ok(Some(Carried { session, last }))
     }
 
@@ -909,6 +915,18 @@ impl RedisBroker {
         }
     }
 
+    /// Adds the members Redis lists for `room` to its view. A member only the view has stays: either its
+    /// `peer-left` is on its way here, or it left while Redis was unreachable and the sessions held here were
+    /// never told, which the next reconcile finds (replacing the view would hide that ghost from it).
+    fn merge_view(&self, room: &str, members: Vec<PeerId>) {
+        let mut v = self.views.entry(room.to_owned()).or_default();
+        for m in members {
+            if !v.contains(&m) {
+                v.push(m);
+            }
+        }
+    }
+
     /// Keeps the room view up to date from the presence messages delivered here.
     fn note_presence(&self, room: &str, json: &str) {
         let peer_of = |prefix: &str| json.strip_prefix(prefix).and_then(|r| r.split('"').next()).map(str::to_owned);
@@ -927,11 +945,15 @@ impl RedisBroker {
     /// Refreshes this node's presence, sweeps dead nodes, and re-syncs after Redis was unreachable.
     async fn presence_loop(self: Arc<Self>, hub: Weak<Hub>) {
         let period = (self.ttl / 3).max(Duration::from_millis(50));
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reconcile_at: Option<Instant> = None;
+        let mut next = Instant::now() + period;
+        // Reconciles still due after the last recovery, soonest first.
+        let mut reconcile_at: Vec<Instant> = Vec::new();
         loop {
-            tick.tick().await;
+            if self.is_degraded() {
+                next = next.min(Instant::now() + DEGRADED_RETRY);
+            }
+            tokio::time::sleep_until(next.into()).await;
+            next = Instant::now() + period;
             if hub.strong_count() == 0 {
                 return;
             }
@@ -946,18 +968,23 @@ impl RedisBroker {
                     Ok(()) => {
                         self.degraded.store(false, Ordering::Release);
                         *self.recovered_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                        reconcile_at = Some(Instant::now() + self.ttl);
+                        let now = Instant::now();
+                        reconcile_at = vec![now + RECONCILE_SETTLE.min(self.ttl), now + self.ttl];
+                        next = reconcile_at[0].min(next);
                         tracing::info!(node = %self.node, "Redis reachable again: re-synced");
                     }
                     Err(e) => tracing::warn!(error = %e, "re-sync failed; retrying"),
                 }
                 continue;
             }
-            if reconcile_at.is_some_and(|t| Instant::now() >= t) {
-                reconcile_at = None;
+            if reconcile_at.first().is_some_and(|t| Instant::now() >= *t) {
+                reconcile_at.remove(0);
                 if let Err(e) = self.reconcile().await {
                     tracing::warn!(error = %e, "room reconcile failed");
                 }
+            }
+            if let Some(t) = reconcile_at.first() {
+                next = next.min(*t);
             }
             // Right after a recovery every node is re-registering: give them a TTL before judging any dead.
             let settled =
