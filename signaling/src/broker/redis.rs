@@ -290,6 +290,8 @@ pub struct RedisBroker {
     // Leaves made while Redis was unreachable, written when it is back (nobody else heard of them).
     pending_leaves: Mutex<Vec<(PeerId, String)>>,
     recovered_at: Mutex<Option<Instant>>,
+    /// Wakes the presence loop when another task finds Redis unreachable, so it starts retrying at once.
+    degraded_wake: tokio::sync::Notify,
     queue: mpsc::Sender<Op>,
     queue_rx: Mutex<Option<mpsc::Receiver<Op>>>,
     forwards: DashMap<u64, oneshot::Sender<(u16, String)>>,
@@ -361,6 +363,7 @@ impl RedisBroker {
             degraded: AtomicBool::new(false),
             pending_leaves: Mutex::new(Vec::new()),
             recovered_at: Mutex::new(None),
+            degraded_wake: tokio::sync::Notify::new(),
             queue,
             queue_rx: Mutex::new(Some(rx)),
             forwards: DashMap::new(),
@@ -383,6 +386,7 @@ impl RedisBroker {
 
     fn set_degraded(&self, why: &dyn std::fmt::Display) {
         if !self.degraded.swap(true, Ordering::AcqRel) {
+            self.degraded_wake.notify_one();
             tracing::warn!(error = %why, "Redis unreachable: cluster degraded (only sessions held here are served)");
         }
     }
@@ -952,7 +956,10 @@ impl RedisBroker {
             if self.is_degraded() {
                 next = next.min(Instant::now() + DEGRADED_RETRY);
             }
-            tokio::time::sleep_until(next.into()).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = self.degraded_wake.notified() => {}
+            }
             next = Instant::now() + period;
             if hub.strong_count() == 0 {
                 return;
