@@ -104,12 +104,27 @@ pub struct Common {
     /// Process id of a `--target` server, for its RSS and CPU (repeatable).
     #[arg(long = "server-pid", value_name = "PID")]
     pub server_pids: Vec<u32>,
-    /// Servers to start when no `--target` is given (pairs round robin; each room stays on one node).
+    /// Servers to start when no `--target` is given (pairs round robin; each room stays on one node unless
+    /// `--cross-node`).
     #[arg(long, default_value_t = 1)]
     pub nodes: usize,
     /// The signaling binary to start (default: `signaling` next to this executable, i.e. target/release).
     #[arg(long, value_name = "PATH")]
     pub server_bin: Option<PathBuf>,
+    /// Cluster mode: start a `redis-server` on a free loopback port (no persistence) and give every started node
+    /// `--redis-url` for it; its CPU is reported per forwarded message.
+    #[arg(long)]
+    pub redis: bool,
+    /// The Redis server binary for `--redis`.
+    #[arg(long, value_name = "PATH", default_value = "redis-server")]
+    pub redis_bin: PathBuf,
+    /// Process id of the Redis server behind `--target` nodes, for its CPU.
+    #[arg(long = "redis-pid", value_name = "PID")]
+    pub redis_pid: Option<u32>,
+    /// Put the two peers of each room on different nodes (the second on the next node round robin), so every
+    /// message crosses nodes through the broker. Needs two or more nodes sharing one Redis.
+    #[arg(long)]
+    pub cross_node: bool,
     /// An extra flag for the started server (repeatable), e.g. `--server-arg=--ws-read-buffer-bytes=131072`.
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
@@ -210,6 +225,12 @@ pub struct LoadRow {
     pub cpu_us_per_msg: Option<f64>,
     /// Server CPU / wall time.
     pub server_cores: Option<f64>,
+    /// Redis user + system CPU over the phase and its drain (s), in cluster mode.
+    #[serde(default)]
+    pub redis_cpu_s: Option<f64>,
+    /// Redis CPU / forwarded message (µs).
+    #[serde(default)]
+    pub redis_cpu_us_per_msg: Option<f64>,
     /// Joins made in the phase (churn) or to set it up.
     pub joins: u64,
     /// Leaves made in the phase (churn).
@@ -220,6 +241,13 @@ pub struct LoadRow {
     pub join_p99_ms: Option<f64>,
     /// Errors by code (`error:<code>` from the server, `close:<code>`, `http:<status>`, `connect:<kind>`, …).
     pub errors: BTreeMap<String, u64>,
+}
+
+impl LoadRow {
+    fn set_redis_cpu(&mut self, cpu: Option<f64>) {
+        self.redis_cpu_s = cpu;
+        self.redis_cpu_us_per_msg = cpu.filter(|_| self.received > 0).map(|c| c * 1e6 / self.received as f64);
+    }
 }
 
 /// What the run set up.
@@ -235,6 +263,12 @@ pub struct LoadSetup {
     pub server_pids: Vec<u32>,
     /// The server command line(s) when the bench started them.
     pub server_command: Option<String>,
+    /// The Redis server the nodes share (cluster mode): its command line when started here, and its pid.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// Whether the two peers of each room were on different nodes.
+    #[serde(default)]
+    pub cross_node: bool,
     /// RLIMIT_NOFILE (soft, hard) of this process (and of the servers it started) after raising, and what it
     /// was before.
     pub nofile: (u64, u64),
@@ -260,7 +294,7 @@ pub struct LoadReport {
 }
 
 /// Header of the table (`bench/tests` and docs read it).
-pub const LOAD_HEADER: &str = "| scenario | transport | kind | clients | held | server RSS MiB | RSS/conn KiB | target msg/s | msg/s | sent | lost | p50 µs | p99 µs | max µs | server CPU µs/msg | server cores | joins | join p50/p99 ms | errors |";
+pub const LOAD_HEADER: &str = "| scenario | transport | kind | clients | held | server RSS MiB | RSS/conn KiB | target msg/s | msg/s | sent | lost | p50 µs | p99 µs | max µs | server CPU µs/msg | server cores | Redis CPU µs/msg | joins | join p50/p99 ms | errors |";
 
 impl LoadReport {
     /// The Markdown: setup, then the table.
@@ -292,6 +326,14 @@ impl LoadReport {
         if let Some(c) = &s.server_command {
             writeln!(out, "- server command: `{c}`").ok();
         }
+        if let Some(r) = &s.redis {
+            writeln!(
+                out,
+                "- cluster: {r}; peers of a room on {} nodes",
+                if s.cross_node { "different" } else { "the same" }
+            )
+            .ok();
+        }
         writeln!(
             out,
             "- RLIMIT_NOFILE: {}/{} (soft/hard; was {}/{}); client source addresses: {}",
@@ -306,7 +348,7 @@ impl LoadReport {
             writeln!(out, "- needs: {n}").ok();
         }
         writeln!(out).ok();
-        writeln!(out, "{LOAD_HEADER}\n|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|").ok();
+        writeln!(out, "{LOAD_HEADER}\n|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|").ok();
         let o = |v: Option<f64>| v.map(num).unwrap_or_else(|| "–".into());
         for r in &self.rows {
             let errors = if r.errors.is_empty() {
@@ -322,7 +364,7 @@ impl LoadReport {
             let f = |v: String| if forwarding { v } else { "–".into() };
             writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.scenario,
                 r.transport,
                 if r.kind.is_empty() { "–" } else { &r.kind },
@@ -339,6 +381,7 @@ impl LoadReport {
                 o(r.max_us),
                 o(r.cpu_us_per_msg),
                 o(r.server_cores),
+                o(r.redis_cpu_us_per_msg),
                 int(r.joins),
                 match (r.join_p50_ms, r.join_p99_ms) {
                     (Some(a), Some(b)) => format!("{} / {}", num(a), num(b)),
@@ -353,8 +396,8 @@ impl LoadReport {
             "\nheld: client connections with a session at the end of the phase; RSS/conn: (server RSS − RSS before \
              any client) / held; msg/s: forwarded messages received per second; lost: Σ per pair (sent − received) \
              after a {} s drain; p50/p99/max: send → receive on the clients' clock; server CPU µs/msg: server user + \
-             system CPU over the phase and its drain / messages received (heartbeats included); join: connect → \
-             welcome.",
+             system CPU over the phase and its drain / messages received (heartbeats included), summed over the \
+             nodes; Redis CPU µs/msg: the same for the Redis server (cluster mode); join: connect → welcome.",
             num(self.setup.drain_s)
         )
         .ok();
@@ -457,6 +500,8 @@ pub fn main(scenario: Scenario, json: Option<PathBuf>) -> anyhow::Result<()> {
                 targets: nodes.urls.clone(),
                 server_pids: nodes.pids.clone(),
                 server_command: nodes.command.clone(),
+                redis: nodes.redis.clone(),
+                cross_node: common.cross_node,
                 nofile,
                 nofile_before,
                 sources: sources.iter().map(|s| s.to_string()).collect(),
@@ -489,11 +534,28 @@ struct Nodes {
     pids: Vec<u32>,
     command: Option<String>,
     _children: Vec<tokio::process::Child>,
+    /// The Redis server of a cluster run: its pid and a description; dropped (killed) after the nodes.
+    redis_pid: Option<u32>,
+    redis: Option<String>,
+    _redis: Option<tokio::process::Child>,
 }
 
 impl Nodes {
     async fn start(c: &Common, clients: usize, sockets: usize) -> anyhow::Result<Nodes> {
+        let nodes = if c.targets.is_empty() { c.nodes } else { c.targets.len() };
+        anyhow::ensure!(
+            !c.cross_node || nodes >= 2,
+            "--cross-node puts a room's peers on different nodes: give --nodes 2 or more (or two --target)"
+        );
+        anyhow::ensure!(
+            !c.cross_node || c.redis || !c.targets.is_empty(),
+            "--cross-node needs nodes that share rooms: add --redis (or --target nodes of one cluster)"
+        );
         if !c.targets.is_empty() {
+            anyhow::ensure!(
+                !c.redis,
+                "--redis starts Redis for the nodes the bench starts; with --target give --redis-pid instead"
+            );
             let mut addrs = Vec::new();
             for t in &c.targets {
                 let hostport = t
@@ -513,6 +575,9 @@ impl Nodes {
                 pids: c.server_pids.clone(),
                 command: None,
                 _children: Vec::new(),
+                redis_pid: c.redis_pid,
+                redis: c.redis_pid.map(|p| format!("Redis pid {p}")),
+                _redis: None,
             });
         }
         let bin = match &c.server_bin {
@@ -554,6 +619,16 @@ impl Nodes {
         })
         .chain(c.server_args.iter().cloned())
         .collect();
+        let (redis_child, redis_url) = if c.redis {
+            let (child, url) = start_redis(&c.redis_bin).await?;
+            (Some(child), Some(url))
+        } else {
+            (None, None)
+        };
+        let limits: Vec<String> = match &redis_url {
+            Some(url) => limits.into_iter().chain(["--redis-url".to_owned(), url.clone()]).collect(),
+            None => limits,
+        };
         let command = format!("RUST_LOG=warn {} {}", bin.display(), limits.join(" "));
         let mut children = Vec::new();
         let (mut urls, mut addrs, mut pids) = (Vec::new(), Vec::new(), Vec::new());
@@ -596,7 +671,14 @@ impl Nodes {
             pids,
             command: Some(command),
             _children: children,
+            redis_pid: redis_child.as_ref().and_then(|r| r.id()),
+            redis: redis_url.map(|u| format!("`{} --save '' --appendonly no` at {u}", c.redis_bin.display())),
+            _redis: redis_child,
         })
+    }
+
+    fn redis_cpu_s(&self) -> Option<f64> {
+        proc_cpu_s(self.redis_pid?)
     }
 
     fn rss_kib(&self) -> Option<u64> {
@@ -621,6 +703,33 @@ impl Nodes {
             return None;
         }
         self.pids.iter().map(|p| proc_sockets(*p)).sum()
+    }
+}
+
+/// Starts `redis-server` on a free loopback port, without persistence, and waits until it answers `PING`.
+async fn start_redis(bin: &std::path::Path) -> anyhow::Result<(tokio::process::Child, String)> {
+    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
+    let child = tokio::process::Command::new(bin)
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} (apt-get install redis-server)", bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 16];
+            if s.write_all(b"PING\r\n").await.is_ok()
+                && matches!(tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await, Ok(Ok(n)) if buf[..n].starts_with(b"+PONG"))
+            {
+                return Ok((child, format!("redis://127.0.0.1:{port}")));
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{} did not answer PING on port {port} within 10 s", bin.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -719,6 +828,8 @@ struct Ctx {
     sources: Vec<IpAddr>,
     next_source: AtomicUsize,
     targets: Vec<SocketAddr>,
+    /// The second peer of a room joins the next target.
+    cross_node: bool,
     gate: Arc<Semaphore>,
     pad: String,
     heartbeat: Duration,
@@ -762,6 +873,7 @@ impl Ctx {
             sources,
             next_source: AtomicUsize::new(0),
             targets,
+            cross_node: c.cross_node,
             gate: Arc::new(Semaphore::new(c.connect_concurrency.max(1))),
             pad: "x".repeat(c.payload_bytes),
             // The server's default interval; every client pings that often, as the real clients do.
@@ -820,6 +932,7 @@ impl Ctx {
             .unwrap_or_else(|p| p.into_inner())
             .extend([a.clone(), b.clone()]);
         let addr = self.targets[target % self.targets.len()];
+        let addr_b = if self.cross_node { self.targets[(target + 1) % self.targets.len()] } else { addr };
         let ctx = self.clone();
         let (a2, b2) = (a.clone(), b.clone());
         tokio::spawn(async move {
@@ -827,7 +940,7 @@ impl Ctx {
             let (in_tx, in_rx) = tokio::sync::oneshot::channel();
             let first = tokio::spawn(client(ctx.clone(), addr, room.clone(), a2, Some(in_tx)));
             if in_rx.await.is_ok() {
-                client(ctx, addr, room, b2, None).await;
+                client(ctx, addr_b, room, b2, None).await;
             }
             let _ = first.await;
         });
@@ -1484,6 +1597,7 @@ async fn phase(
     let clients = ctx.held.load(Ordering::Relaxed).max(1);
     let interval = Duration::from_secs_f64(clients as f64 / rate);
     let cpu0 = nodes.cpu_s();
+    let redis0 = nodes.redis_cpu_s();
     let t = Instant::now();
     ctx.phase.send_replace(Phase {
         id,
@@ -1497,6 +1611,7 @@ async fn phase(
     let wall = t.elapsed().as_secs_f64();
     let cpu = nodes.cpu_s().zip(cpu0).map(|(a, b)| a - b);
     let mut row = measure(ctx, nodes, all, "forward", kind, rate, sent_secs);
+    row.set_redis_cpu(nodes.redis_cpu_s().zip(redis0).map(|(a, b)| a - b));
     row.server_cpu_s = cpu;
     row.server_cores = cpu.map(|c| c / wall);
     row.cpu_us_per_msg = cpu
@@ -1633,6 +1748,7 @@ async fn churn_run(
         .clear();
     let interval = Duration::from_secs_f64((2 * pairs) as f64 / rate);
     let cpu0 = nodes.cpu_s();
+    let redis0 = nodes.redis_cpu_s();
     let t = Instant::now();
     ctx.phase.send_replace(Phase {
         id: 1,
@@ -1674,6 +1790,7 @@ async fn churn_run(
     let cpu = nodes.cpu_s().zip(cpu0).map(|(a, b)| a - b);
     let everyone: Vec<_> = live.iter().chain(gone.iter()).cloned().collect();
     let mut row = measure(ctx, nodes, &everyone, "churn", kind, rate, sent_secs);
+    row.set_redis_cpu(nodes.redis_cpu_s().zip(redis0).map(|(a, b)| a - b));
     row.clients = 2 * pairs;
     row.rss_base_kib = base;
     row.rss_per_conn_kib = row
