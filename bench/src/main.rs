@@ -59,7 +59,7 @@ enum Cmd {
     /// held, server RSS per connection, forwarding latency, server CPU per message, errors and losses.
     Load {
         #[command(subcommand)]
-        scenario: load::Scenario,
+        scenario: Box<load::Scenario>,
     },
     /// The signaling server of the relayed techniques (run by the benchmark itself as a child process).
     #[command(hide = true)]
@@ -191,7 +191,7 @@ fn main() -> anyhow::Result<()> {
         return server::serve_main();
     }
     if let Some(Cmd::Load { scenario }) = cli.cmd {
-        return load::main(scenario, cli.opts.json);
+        return load::main(*scenario, cli.opts.json);
     }
     if let Some(Cmd::Merge { files }) = &cli.cmd {
         let mut reports = Vec::new();

@@ -96,6 +96,8 @@ impl Session {
     /// A session carried over from another node (cluster resume): `buf` is its outbox as the cluster kept it,
     /// ending at `last`; the client has everything up to `after`, and the server had its messages up to
     /// `last_cseq`.
+    // One argument per field the cluster keeps for a session; a struct would only repeat them.
+    #[allow(clippy::too_many_arguments)]
     pub fn restore(
         peer_id: PeerId,
         room: String,

@@ -25,7 +25,7 @@
 //! [`RedisBroker::resync`]).
 
 use crate::hub::{Hub, JoinError};
-use crate::session::{Closed, Outgoing, Session, Stamped};
+use crate::session::{Outgoing, Session, Stamped};
 use dashmap::DashMap;
 use protocol::{CloseCode, ErrorCode, LeaveReason, PeerId, ServerMessage};
 use redis::aio::ConnectionManager;
@@ -592,10 +592,9 @@ impl RedisBroker {
             return true;
         }
         let op = Op::Leave { peer: session.peer_id().to_owned(), json };
-        if let Err(e) = self.queue.try_send(op) {
-            if let mpsc::error::TrySendError::Full(Op::Leave { peer, json }) = e {
-                self.pending_leaves.lock().unwrap_or_else(|p| p.into_inner()).push((peer, json));
-            }
+        // A full queue keeps the leave for the next re-sync; a closed one means the node is shutting down.
+        if let Err(mpsc::error::TrySendError::Full(Op::Leave { peer, json })) = self.queue.try_send(op) {
+            self.pending_leaves.lock().unwrap_or_else(|p| p.into_inner()).push((peer, json));
         }
         true
     }
@@ -891,12 +890,9 @@ impl RedisBroker {
 
     /// Buffers a delivery, filling a gap from the session's stream first.
     async fn take(&self, session: &Arc<Session>, seq: u64, json: &str) {
-        match session.accept_stamped(seq, stamp(seq, json)) {
-            Ok(Stamped::Gap { last }) => {
-                self.fill(session, last, seq).await;
-                let _ = session.accept_stamped(seq, stamp(seq, json));
-            }
-            Ok(_) | Err(Closed) => {}
+        if let Ok(Stamped::Gap { last }) = session.accept_stamped(seq, stamp(seq, json)) {
+            self.fill(session, last, seq).await;
+            let _ = session.accept_stamped(seq, stamp(seq, json));
         }
     }
 
