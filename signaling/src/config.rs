@@ -5,11 +5,29 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `2026-12-08T00:00:00Z  INFO signaling::hub: left peer=… room=…`.
+    Text,
+    /// `{"timestamp":…,"level":"INFO","fields":{"message":"left","peer":…},"target":…}`, one per line.
+    Json,
+}
+
 /// Settings of one signaling server. Every flag has an environment variable of the same name,
 /// upper-cased and prefixed with `SIGNALING_` (e.g. `SIGNALING_LISTEN`).
 #[derive(Parser, Debug, Clone)]
 #[command(name = "signaling", version, about = "WebRTC signaling server with the web demo built in")]
 pub struct Config {
+    /// Log lines on stderr as `text` (human-readable) or `json` (one JSON object per line, for a log shipper).
+    #[arg(long, env = "SIGNALING_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// What to log: a level (`error`, `warn`, `info`, `debug`, `trace`) or `tracing` directives such as
+    /// `info,signaling::broker=debug`. `RUST_LOG`, when set, takes precedence.
+    #[arg(long, env = "SIGNALING_LOG_LEVEL", default_value = "info,warp=warn")]
+    pub log_level: String,
+
     /// Address to listen on; port 0 picks a free port (the chosen address is printed on stdout).
     #[arg(long, env = "SIGNALING_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,

@@ -394,7 +394,16 @@ impl Hub {
             AnyBroker::Redis(b) => b.remove(session, reason),
         };
         if removed {
-            tracing::info!(peer = %session.peer_id(), room = %session.room(), ?reason, "left");
+            // The one end-of-session line: what an operator greps or ships to a log store. No token in it.
+            tracing::info!(
+                peer = %session.peer_id(),
+                room = %session.room(),
+                ?reason,
+                transport = session.transport(),
+                duration_ms = session.age().as_millis() as u64,
+                close_code = session.close_code().map(|c| c.code()),
+                "left"
+            );
         }
     }
 
@@ -428,6 +437,22 @@ impl Hub {
             };
             self.leave(&s, reason);
         }
+    }
+
+    /// Why this node should not be sent new clients now, each as a stable code (empty: ready). What
+    /// `GET /readyz` answers.
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        let mut why = Vec::new();
+        if self.shutting_down.load(Ordering::Acquire) {
+            why.push("shutting-down");
+        }
+        if self.is_degraded() {
+            why.push("cluster-unavailable");
+        }
+        if self.by_token.len() >= self.cfg.node.max_sessions {
+            why.push("max-sessions");
+        }
+        why
     }
 
     /// Sessions currently in rooms.

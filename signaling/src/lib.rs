@@ -27,7 +27,7 @@ pub mod stun;
 pub mod transport;
 pub mod web;
 
-pub use config::Config;
+pub use config::{Config, LogFormat};
 
 use hub::{Hub, HubConfig};
 use protocol::{Heartbeat, Limits};

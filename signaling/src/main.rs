@@ -1,22 +1,14 @@
 use clap::Parser;
-use signaling::{Config, Server};
+use signaling::{Config, LogFormat, Server};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // Logs go to stderr; stdout carries only the "listening" line that scripts and tests read.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,warp=warn"))
-                // tungstenite's TRACE prints every frame, `auth` messages (join tokens) included: capped even
-                // under RUST_LOG=trace, because secrets never reach a log.
-                .add_directive("tungstenite::protocol=debug".parse().expect("static directive")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
     let cfg = Config::parse();
+    if let Err(e) = init_logs(&cfg) {
+        eprintln!("signaling: {e}");
+        return std::process::ExitCode::from(2);
+    }
     if let Some(signaling::auth::Command::Token(args)) = &cfg.command {
         return match args.mint() {
             Ok(token) => {
@@ -60,6 +52,23 @@ async fn main() -> std::process::ExitCode {
     }
     server.run(shutdown_signal()).await;
     std::process::ExitCode::SUCCESS
+}
+
+/// Logs go to stderr; stdout carries only the "listening" line that scripts and tests read.
+fn init_logs(cfg: &Config) -> Result<(), String> {
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) => EnvFilter::try_new(&cfg.log_level).map_err(|e| format!("--log-level {:?}: {e}", cfg.log_level))?,
+    }
+    // tungstenite's TRACE prints every frame, `auth` messages (join tokens) included: capped even under
+    // RUST_LOG=trace, because secrets never reach a log.
+    .add_directive("tungstenite::protocol=debug".parse().map_err(|e| format!("{e}"))?);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

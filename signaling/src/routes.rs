@@ -191,7 +191,7 @@ pub fn routes_with(
         crate::ice::route(servers, lookup, required)
     };
 
-    let healthz = warp::path!("healthz").and(warp::get()).and(with_hub).map(|hub: Arc<Hub>| {
+    let healthz = warp::path!("healthz").and(warp::get()).and(with_hub.clone()).map(|hub: Arc<Hub>| {
         let mut body = serde_json::json!({
             "status": if hub.is_degraded() { "degraded" } else { "ok" },
             "rooms": hub.room_count(),
@@ -201,6 +201,14 @@ pub fn routes_with(
             body["cluster"] = serde_json::json!({ "node": b.node_id(), "redis": !b.is_degraded() });
         }
         warp::reply::json(&body)
+    });
+
+    // Readiness, for a load balancer or Kubernetes: 503 while this node cannot take new clients, saying why.
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_hub).map(|hub: Arc<Hub>| {
+        let why = hub.not_ready();
+        let status = if why.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let body = serde_json::json!({ "ready": why.is_empty(), "reasons": why });
+        warp::reply::with_status(warp::reply::json(&body), status)
     });
 
     let web = warp::get()
@@ -216,6 +224,7 @@ pub fn routes_with(
         .or(post)
         .or(preflight)
         .or(healthz)
+        .or(readyz)
         .or(ice)
         .or(web)
         .with(warp::trace(|info| tracing::info_span!("request", method = %info.method(), path = %info.path())))

@@ -9,7 +9,7 @@
 use protocol::{CloseCode, PeerId, ServerEnvelope, ServerMessage};
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// A server message already stamped and encoded, ready for any transport.
@@ -52,6 +52,8 @@ pub struct Session {
     // The current attachment; a transport whose generation is no longer current stops.
     attached: watch::Sender<Generation>,
     kill: watch::Sender<Option<CloseCode>>,
+    // When this node created (or carried over) the session.
+    started: Instant,
 }
 
 #[derive(Debug)]
@@ -66,6 +68,8 @@ struct State {
     detached_at: Option<Instant>,
     // Highest client sequence number received.
     last_cseq: u64,
+    // The transport that attached last (`ws`, `sse`, `longpoll`), for the session's end-of-session log line.
+    transport: &'static str,
 }
 
 impl Session {
@@ -86,7 +90,9 @@ impl Session {
                 last_seen: Instant::now(),
                 detached_at: None,
                 last_cseq: 0,
+                transport: "",
             }),
+            started: Instant::now(),
             last_seq: watch::channel(0).0,
             attached: watch::channel(0).0,
             kill: watch::channel(None).0,
@@ -126,6 +132,21 @@ impl Session {
     pub fn with_outbox_bytes(mut self, bytes: usize) -> Self {
         self.byte_capacity = bytes;
         self
+    }
+
+    /// Records which transport serves the session now (a resume may change it).
+    pub fn set_transport(&self, name: &'static str) {
+        self.state().transport = name;
+    }
+
+    /// The transport that attached last (empty before any did).
+    pub fn transport(&self) -> &'static str {
+        self.state().transport
+    }
+
+    /// How long ago this node created (or carried over) the session.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The session's rate, SDP and candidate limit state.

@@ -334,6 +334,12 @@ async fn health(srv: &TestServer) -> serde_json::Value {
     json(reqwest::get(srv.http_url("/healthz")).await.unwrap()).await
 }
 
+/// `GET /readyz`: status and body.
+async fn ready(srv: &TestServer) -> (u16, serde_json::Value) {
+    let r = reqwest::get(srv.http_url("/readyz")).await.unwrap();
+    (r.status().as_u16(), json(r).await)
+}
+
 async fn wait_status(srv: &TestServer, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while health(srv).await["status"] != want {
@@ -353,9 +359,11 @@ async fn redis_down_refuses_with_a_code_and_converges_when_back() {
     assert_eq!(a.recv().await, ServerMessage::PeerJoined { peer_id: b.id() });
     assert_eq!(c.recv().await, ServerMessage::PeerJoined { peer_id: b.id() });
 
+    assert_eq!(ready(&na).await, (200, serde_json::json!({"ready": true, "reasons": []})));
     redis.kill();
     wait_status(&na, "degraded").await;
     wait_status(&nb, "degraded").await;
+    assert_eq!(ready(&na).await, (503, serde_json::json!({"ready": false, "reasons": ["cluster-unavailable"]})));
     // Joins need Redis: refused with the retryable code.
     let mut ws = connect(&na, "outage").await;
     let env = recv_envelope(&mut ws).await.unwrap();
@@ -373,6 +381,7 @@ async fn redis_down_refuses_with_a_code_and_converges_when_back() {
     redis.spawn();
     wait_status(&na, "ok").await;
     wait_status(&nb, "ok").await;
+    assert_eq!(ready(&nb).await.0, 200);
     a.send(&signal(&b.id())).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     // b may first hear that c left (it did, while Redis was away): then the signal.

@@ -158,7 +158,12 @@ async fn a_burst_within_the_limits_is_delivered_whole() {
 #[tokio::test]
 async fn max_sessions_refuses_with_node_full_4003() {
     let srv = TestServer::start_with(|c| c.limits.max_sessions = 3).await;
+    let (status, body) = get(&srv, "/readyz", &[]).await;
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()), (200, json!({"ready": true, "reasons": []})));
     let _held = [Client::join(&srv, "a").await, Client::join(&srv, "a").await, Client::join(&srv, "b").await];
+    // Full: a load balancer is told to send new clients elsewhere, and why.
+    let (status, body) = get(&srv, "/readyz", &[]).await;
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()), (503, json!({"ready": false, "reasons": ["max-sessions"]})));
     for room in ["a", "c"] {
         let mut ws = connect(&srv, room).await;
         let env = recv_envelope(&mut ws).await.expect("the refusal");

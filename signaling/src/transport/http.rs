@@ -163,6 +163,7 @@ pub async fn poll(room: String, auth: Option<String>, q: PollQuery, hub: Arc<Hub
         Ok(j) => j,
         Err(e) => return refused_join(&e, &room),
     };
+    session.set_transport(super::Kind::Longpoll.name());
     let interval = hub.config().heartbeat.interval_ms;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(interval).min(interval));
     let (generation, mut attached) = session.attach();

@@ -26,6 +26,17 @@ pub enum Kind {
     Longpoll,
 }
 
+impl Kind {
+    /// The name `--transports` and the logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ws => "ws",
+            Kind::Sse => "sse",
+            Kind::Longpoll => "longpoll",
+        }
+    }
+}
+
 /// How a connection asked to start: a fresh join, or a resume of the session holding `token` from the
 /// client's last `seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -152,7 +152,10 @@ async fn pump(room: String, start: Start, admit: crate::auth::Admit, hub: Arc<Hu
         return;
     }
     let (session, after) = match start.run(&hub, &room, &admit).await {
-        Ok(joined) => joined,
+        Ok(joined) => {
+            joined.0.set_transport(super::Kind::Sse.name());
+            joined
+        }
         Err(e) => {
             // No session, so no id: a browser reconnecting by itself starts afresh (and the client, seeing
             // the close event, does not reconnect at all for a 45xx code).

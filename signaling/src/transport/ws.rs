@@ -163,7 +163,10 @@ pub async fn serve(socket: WebSocket, room: String, start: Start, token: Option<
         gate.admit(token.as_deref(), &room)
     };
     let (session, after) = match start.run(&hub, &room, &admit).await {
-        Ok(joined) => joined,
+        Ok(joined) => {
+            joined.0.set_transport(super::Kind::Ws.name());
+            joined
+        }
         Err(e) => {
             let (msg, close) = e.refusal(&room);
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
