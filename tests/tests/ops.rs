@@ -131,3 +131,53 @@ async fn log_level_warn_keeps_info_lines_out_and_a_bad_level_is_refused() -> Res
     ensure!(out.status.code() == Some(2) && stderr.contains("--log-level"), "{:?}: {stderr}", out.status);
     Ok(())
 }
+
+/// `deploy/signaling.service` as an operator installs it: `systemd-analyze verify` finds nothing to say (with
+/// ExecStart pointing at the built binary, since verify checks that it exists), the descriptor limit is raised,
+/// and every variable `deploy/signaling.env` names is one the binary reads.
+#[test]
+fn the_systemd_unit_verifies_and_its_environment_file_names_only_real_variables() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let unit = std::fs::read_to_string(root.join("deploy/signaling.service"))?;
+    let nofile: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .context("no LimitNOFILE= in the unit")?
+        .trim()
+        .parse()?;
+    ensure!(nofile >= 65_536, "LimitNOFILE={nofile}: too low for a public node");
+    ensure!(unit.lines().any(|l| l == "ExecStart=/usr/local/bin/signaling"), "ExecStart changed: update this test");
+
+    let bin = e2e::signaling_binary_path()?;
+    let dir = std::env::temp_dir().join(format!("e2e-unit-{}", e2e::unique()));
+    std::fs::create_dir_all(&dir)?;
+    let local = dir.join("signaling.service");
+    std::fs::write(
+        &local,
+        unit.replace("ExecStart=/usr/local/bin/signaling", &format!("ExecStart={}", bin.display())),
+    )?;
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&local)
+        .output()
+        .context("running systemd-analyze (apt-get install systemd; scripts/test does)")?;
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+    // verify exits 0 on unknown keys and bad values too: it only warns, so silence is the pass.
+    ensure!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {:?}\n{said}", out.status);
+
+    let help = std::process::Command::new(&bin).arg("--help").output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    let env = std::fs::read_to_string(root.join("deploy/signaling.env"))?;
+    let mut named = 0;
+    for line in env.lines() {
+        let Some((name, _)) = line.trim_start_matches('#').split_once('=') else { continue };
+        if !name.starts_with("SIGNALING_") {
+            continue;
+        }
+        named += 1;
+        ensure!(help.contains(&format!("env: {name}=")), "deploy/signaling.env names {name}, which `signaling --help` does not know");
+    }
+    ensure!(named >= 5, "deploy/signaling.env names only {named} variables");
+    Ok(())
+}
