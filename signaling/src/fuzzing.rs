@@ -23,7 +23,7 @@
 use crate::client_addr::{ClientIp, PeerAddr};
 use crate::hub::{Flow, Hub};
 use crate::session::Session;
-use crate::transport::Start;
+use crate::transport::{Kind, Start};
 use crate::{Config, edge, routes, web};
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -298,8 +298,8 @@ impl World {
         let ice = crate::ice::IceServers::stun_only(vec!["stun:127.0.0.1:3478".to_owned()]);
         let hub = Arc::new(Hub::new(crate::hub_config(cfg, ice)).with_gate(gate));
         let admit = hub.gate().admit(None, ROOM);
-        let a = Start::Join.run(&hub, ROOM, &admit).await.expect("a fresh hub takes two peers").0;
-        let b = Start::Join.run(&hub, ROOM, &admit).await.expect("a fresh hub takes two peers").0;
+        let a = Start::Join.run(&hub, ROOM, &admit, Kind::Ws).await.expect("a fresh hub takes two peers").0;
+        let b = Start::Join.run(&hub, ROOM, &admit, Kind::Ws).await.expect("a fresh hub takes two peers").0;
         World { hub, a, b }
     }
 

@@ -169,28 +169,36 @@ impl Hub {
 
     /// Adds a new session to `room`, queues its `welcome` (seq 1) and announces it to the others.
     pub async fn join(&self, room: &str) -> Result<Arc<Session>, JoinError> {
-        self.join_as(room, None, self.cfg.limits.max_peers).await
+        self.join_as(room, None, self.cfg.limits.max_peers, "").await
     }
 
-    /// [`Hub::join`] for a joiner its token admitted, with the token's room-size cap.
-    pub async fn join_granted(&self, room: &str, grant: &crate::auth::Grant) -> Result<Arc<Session>, JoinError> {
-        self.join_as(room, None, grant.cap(self.cfg.limits.max_peers)).await
+    /// [`Hub::join`] for a joiner its token admitted, with the token's room-size cap, over `transport` (its
+    /// name, for the logs).
+    pub async fn join_granted(
+        &self,
+        room: &str,
+        grant: &crate::auth::Grant,
+        transport: &'static str,
+    ) -> Result<Arc<Session>, JoinError> {
+        self.join_as(room, None, grant.cap(self.cfg.limits.max_peers), transport).await
     }
 
     /// Resumes the session holding `token` from the client's last `seq` (`after`), if it is still there, in
     /// `room`, and its gap can be filled; otherwise ends it and joins a new one that says `recovered: false`.
     pub async fn resume(&self, room: &str, token: &str, after: u64) -> Result<Resumed, JoinError> {
-        self.resume_or_join(room, token, after, &Ok(crate::auth::Grant::default())).await
+        self.resume_or_join(room, token, after, &Ok(crate::auth::Grant::default()), "").await
     }
 
     /// [`Hub::resume`], where the fresh session that replaces a failed resume is a join like any other: it
     /// needs `fresh` to admit it (a resume needs no join token, but must not become a way around one).
+    /// `transport` names the transport resuming, for the logs.
     pub async fn resume_or_join(
         &self,
         room: &str,
         token: &str,
         after: u64,
         fresh: &crate::auth::Admit,
+        transport: &'static str,
     ) -> Result<Resumed, JoinError> {
         protocol::validate_room(room).map_err(JoinError::BadRoom)?;
         let found = match self.session(token) {
@@ -212,7 +220,8 @@ impl Hub {
                         }
                     };
                     if let Ok(seq) = pushed {
-                        tracing::info!(peer = %session.peer_id(), room, after, missed = seq - 1 - after, "resumed");
+                        session.set_transport(transport);
+                        tracing::info!(peer = %session.peer_id(), room, transport, after, missed = seq - 1 - after, "resumed");
                         return Ok(Resumed::Same(session));
                     }
                 }
@@ -224,7 +233,7 @@ impl Hub {
             }
         }
         let grant = fresh.as_ref().map_err(|e| JoinError::Unauthorized(e.clone()))?;
-        self.join_as(room, Some(false), grant.cap(self.cfg.limits.max_peers)).await.map(Resumed::Fresh)
+        self.join_as(room, Some(false), grant.cap(self.cfg.limits.max_peers), transport).await.map(Resumed::Fresh)
     }
 
     /// The live session holding `token`.
@@ -267,7 +276,13 @@ impl Hub {
         Ok(Some(session))
     }
 
-    async fn join_as(&self, room: &str, recovered: Option<bool>, max_peers: usize) -> Result<Arc<Session>, JoinError> {
+    async fn join_as(
+        &self,
+        room: &str,
+        recovered: Option<bool>,
+        max_peers: usize,
+        transport: &'static str,
+    ) -> Result<Arc<Session>, JoinError> {
         protocol::validate_room(room).map_err(JoinError::BadRoom)?;
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(JoinError::ShuttingDown);
@@ -286,13 +301,14 @@ impl Hub {
             Session::new(new_id(), room.to_owned(), new_id(), self.cfg.outbox)
                 .with_outbox_bytes(self.cfg.node.outbox_bytes),
         );
+        session.set_transport(transport);
         let welcome = |peers| self.welcome(&session, peers, recovered);
         let peers = match &self.broker {
             AnyBroker::Local(b) => b.admit(&session, max_peers, welcome)?,
             AnyBroker::Redis(b) => b.admit(&session, max_peers, welcome).await?,
         };
         self.by_token.insert(session.token().to_owned(), session.clone());
-        tracing::info!(peer = %session.peer_id(), room, peers, "joined");
+        tracing::info!(peer = %session.peer_id(), room, transport, peers, "joined");
         Ok(session)
     }
 

@@ -81,6 +81,14 @@ async fn json_logs_end_each_session_with_one_line_and_never_hold_a_token() -> Re
     ensure!(f["reason"] == "Left" && f["close_code"].is_null(), "{line}");
     ensure!(f["duration_ms"].as_u64().is_some(), "{line}");
     ensure!(line["level"] == "INFO" && line["timestamp"].is_string(), "{line}");
+    // Its start and its resume name the transport too.
+    for start in ["joined", "resumed"] {
+        let found = json_lines(&server)?
+            .into_iter()
+            .find(|l| l["fields"]["message"] == start && l["fields"]["peer"] == peer.as_str())
+            .with_context(|| format!("no `{start}` line for {peer}"))?;
+        ensure!(found["fields"]["transport"] == "ws" && found["fields"]["room"] == "ops-logs", "{found}");
+    }
 
     // A session the server ends (a flood past the rate limit): its close code is on its line.
     let mut flood = open(&server, "ops-logs-flood", "").await?;

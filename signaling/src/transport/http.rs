@@ -139,9 +139,12 @@ pub async fn poll(room: String, auth: Option<String>, q: PollQuery, hub: Arc<Hub
     let admit = || hub.gate().admit(q.token.as_ref().map(|t| t.0.as_str()), &room);
     let joined = match (&q.resume, bearer(auth.as_deref())) {
         (Some(token), _) => {
-            Start::Resume { token: token.clone(), after: q.after }.run(&hub, &room, &admit()).await.map(|(s, a)| (s, a, false))
+            Start::Resume { token: token.clone(), after: q.after }
+                .run(&hub, &room, &admit(), super::Kind::Longpoll)
+                .await
+                .map(|(s, a)| (s, a, false))
         }
-        (None, None) => Start::Join.run(&hub, &room, &admit()).await.map(|(s, a)| (s, a, false)),
+        (None, None) => Start::Join.run(&hub, &room, &admit(), super::Kind::Longpoll).await.map(|(s, a)| (s, a, false)),
         // A plain poll never starts a session: a client whose session is gone (it left, or was timed out)
         // hears so, and resumes explicitly (`resume=`) if it wants to go on.
         // In cluster mode a session held by another node is carried over to this one first.
@@ -163,6 +166,7 @@ pub async fn poll(room: String, auth: Option<String>, q: PollQuery, hub: Arc<Hub
         Ok(j) => j,
         Err(e) => return refused_join(&e, &room),
     };
+    // A plain poll of a session another transport started (or another node held) moves it to polling.
     session.set_transport(super::Kind::Longpoll.name());
     let interval = hub.config().heartbeat.interval_ms;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(interval).min(interval));

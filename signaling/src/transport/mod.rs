@@ -58,20 +58,22 @@ pub enum Start {
 impl Start {
     /// Joins (if `admit` lets it) or resumes on `hub`; returns the session and the `seq` after which its
     /// client needs messages. A resume needs no join token; the fresh session that replaces a failed one does.
+    /// `kind` is the transport asking, which the session's log lines name.
     pub async fn run(
         &self,
         hub: &Hub,
         room: &str,
         admit: &crate::auth::Admit,
+        kind: Kind,
     ) -> Result<(Arc<Session>, u64), crate::hub::JoinError> {
         match self {
             Start::Join => {
                 // The room name is checked first, so a bad room says `bad-room` whatever the token.
                 protocol::validate_room(room).map_err(crate::hub::JoinError::BadRoom)?;
                 let grant = admit.as_ref().map_err(|e| crate::hub::JoinError::Unauthorized(e.clone()))?;
-                Ok((hub.join_granted(room, grant).await?, 0))
+                Ok((hub.join_granted(room, grant, kind.name()).await?, 0))
             }
-            Start::Resume { token, after } => match hub.resume_or_join(room, token, *after, admit).await? {
+            Start::Resume { token, after } => match hub.resume_or_join(room, token, *after, admit, kind.name()).await? {
                 Resumed::Same(s) => Ok((s, *after)),
                 Resumed::Fresh(s) => Ok((s, 0)),
             },

@@ -151,11 +151,8 @@ async fn pump(room: String, start: Start, admit: crate::auth::Admit, hub: Arc<Hu
     if tx.send(vec![format!("retry: {RETRY_MS}\n\n")]).await.is_err() {
         return;
     }
-    let (session, after) = match start.run(&hub, &room, &admit).await {
-        Ok(joined) => {
-            joined.0.set_transport(super::Kind::Sse.name());
-            joined
-        }
+    let (session, after) = match start.run(&hub, &room, &admit, super::Kind::Sse).await {
+        Ok(joined) => joined,
         Err(e) => {
             // No session, so no id: a browser reconnecting by itself starts afresh (and the client, seeing
             // the close event, does not reconnect at all for a 45xx code).

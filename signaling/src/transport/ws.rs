@@ -162,11 +162,8 @@ pub async fn serve(socket: WebSocket, room: String, start: Start, token: Option<
     } else {
         gate.admit(token.as_deref(), &room)
     };
-    let (session, after) = match start.run(&hub, &room, &admit).await {
-        Ok(joined) => {
-            joined.0.set_transport(super::Kind::Ws.name());
-            joined
-        }
+    let (session, after) = match start.run(&hub, &room, &admit, super::Kind::Ws).await {
+        Ok(joined) => joined,
         Err(e) => {
             let (msg, close) = e.refusal(&room);
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
