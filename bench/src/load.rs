@@ -244,9 +244,14 @@ pub struct LoadRow {
 }
 
 impl LoadRow {
-    fn set_redis_cpu(&mut self, cpu: Option<f64>) {
-        self.redis_cpu_s = cpu;
-        self.redis_cpu_us_per_msg = cpu.filter(|_| self.received > 0).map(|c| c * 1e6 / self.received as f64);
+    /// The CPU columns of a sending phase: `cpu` spent over `wall` seconds, per message received.
+    fn set_cpu(&mut self, cpu: Cpu, wall: f64) {
+        let per_msg = |c: Option<f64>| c.filter(|_| self.received > 0).map(|c| c * 1e6 / self.received as f64);
+        self.server_cpu_s = cpu.server;
+        self.server_cores = cpu.server.map(|c| c / wall);
+        self.cpu_us_per_msg = per_msg(cpu.server);
+        self.redis_cpu_s = cpu.redis;
+        self.redis_cpu_us_per_msg = per_msg(cpu.redis);
     }
 }
 
@@ -677,8 +682,16 @@ impl Nodes {
         })
     }
 
-    fn redis_cpu_s(&self) -> Option<f64> {
-        proc_cpu_s(self.redis_pid?)
+    /// CPU seconds used so far by the nodes (summed) and by Redis.
+    fn cpu(&self) -> Cpu {
+        Cpu { server: self.cpu_s(), redis: self.redis_pid.and_then(proc_cpu_s) }
+    }
+
+    /// CPU seconds used since `mark` (an earlier [`Nodes::cpu`]).
+    fn cpu_since(&self, mark: Cpu) -> Cpu {
+        let now = self.cpu();
+        let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a - b);
+        Cpu { server: diff(now.server, mark.server), redis: diff(now.redis, mark.redis) }
     }
 
     fn rss_kib(&self) -> Option<u64> {
@@ -704,6 +717,15 @@ impl Nodes {
         }
         self.pids.iter().map(|p| proc_sockets(*p)).sum()
     }
+}
+
+/// CPU seconds of the servers under load.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    /// All nodes.
+    server: Option<f64>,
+    /// The Redis server of a cluster run.
+    redis: Option<f64>,
 }
 
 /// Starts `redis-server` on a free loopback port, without persistence, and waits until it answers `PING`.
@@ -1596,8 +1618,7 @@ async fn phase(
         .clear();
     let clients = ctx.held.load(Ordering::Relaxed).max(1);
     let interval = Duration::from_secs_f64(clients as f64 / rate);
-    let cpu0 = nodes.cpu_s();
-    let redis0 = nodes.redis_cpu_s();
+    let cpu0 = nodes.cpu();
     let t = Instant::now();
     ctx.phase.send_replace(Phase {
         id,
@@ -1609,14 +1630,9 @@ async fn phase(
     ctx.phase.send_modify(|p| p.interval = None);
     tokio::time::sleep(ctx.drain).await;
     let wall = t.elapsed().as_secs_f64();
-    let cpu = nodes.cpu_s().zip(cpu0).map(|(a, b)| a - b);
+    let cpu = nodes.cpu_since(cpu0);
     let mut row = measure(ctx, nodes, all, "forward", kind, rate, sent_secs);
-    row.set_redis_cpu(nodes.redis_cpu_s().zip(redis0).map(|(a, b)| a - b));
-    row.server_cpu_s = cpu;
-    row.server_cores = cpu.map(|c| c / wall);
-    row.cpu_us_per_msg = cpu
-        .filter(|_| row.received > 0)
-        .map(|c| c * 1e6 / row.received as f64);
+    row.set_cpu(cpu, wall);
     row
 }
 
@@ -1747,8 +1763,7 @@ async fn churn_run(
         .unwrap_or_else(|p| p.into_inner())
         .clear();
     let interval = Duration::from_secs_f64((2 * pairs) as f64 / rate);
-    let cpu0 = nodes.cpu_s();
-    let redis0 = nodes.redis_cpu_s();
+    let cpu0 = nodes.cpu();
     let t = Instant::now();
     ctx.phase.send_replace(Phase {
         id: 1,
@@ -1787,10 +1802,10 @@ async fn churn_run(
     ctx.phase.send_modify(|p| p.interval = None);
     tokio::time::sleep(ctx.drain).await;
     let wall = t.elapsed().as_secs_f64();
-    let cpu = nodes.cpu_s().zip(cpu0).map(|(a, b)| a - b);
+    let cpu = nodes.cpu_since(cpu0);
     let everyone: Vec<_> = live.iter().chain(gone.iter()).cloned().collect();
     let mut row = measure(ctx, nodes, &everyone, "churn", kind, rate, sent_secs);
-    row.set_redis_cpu(nodes.redis_cpu_s().zip(redis0).map(|(a, b)| a - b));
+    row.set_cpu(cpu, wall);
     row.clients = 2 * pairs;
     row.rss_base_kib = base;
     row.rss_per_conn_kib = row
@@ -1798,11 +1813,6 @@ async fn churn_run(
         .zip(base)
         .filter(|_| row.held > 0)
         .map(|(r, b)| r.saturating_sub(b) as f64 / row.held as f64);
-    row.server_cpu_s = cpu;
-    row.server_cores = cpu.map(|c| c / wall);
-    row.cpu_us_per_msg = cpu
-        .filter(|_| row.received > 0)
-        .map(|c| c * 1e6 / row.received as f64);
     row.leaves = leaves;
     join_stats(ctx, &mut row);
     row.errors = take_errors(ctx);

@@ -289,7 +289,7 @@ impl Hub {
         }
         // Checked before the room's entry lock is taken (counting takes every shard's lock), so joins racing
         // each other may overshoot a node limit by the number of joins in flight, never by more.
-        if self.by_token.len() >= self.cfg.node.max_sessions {
+        if self.at_session_cap() {
             tracing::warn!(limit = self.cfg.node.max_sessions, "join refused: --max-sessions reached");
             return Err(JoinError::NodeFull("max-sessions"));
         }
@@ -465,10 +465,15 @@ impl Hub {
         if self.is_degraded() {
             why.push("cluster-unavailable");
         }
-        if self.by_token.len() >= self.cfg.node.max_sessions {
+        if self.at_session_cap() {
             why.push("max-sessions");
         }
         why
+    }
+
+    /// This node holds `--max-sessions`: a join is refused, and `/readyz` says so.
+    fn at_session_cap(&self) -> bool {
+        self.by_token.len() >= self.cfg.node.max_sessions
     }
 
     /// Sessions currently in rooms.

@@ -539,6 +539,20 @@ async fn driver_ready(port: u16) -> Result<Check<()>> {
 
 /// A loopback port that was free a moment ago. Another process could take it before chromedriver binds it;
 /// on a test machine that is rare enough not to warrant retries.
+/// Stops `child` politely: SIGTERM, up to `grace` to exit, then SIGKILL; always reaped.
+pub fn terminate(child: &mut Child, grace: Duration) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + grace;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 pub fn free_port() -> Result<u16> {
     let listener =
         TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a loopback port")?;

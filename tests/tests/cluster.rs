@@ -434,16 +434,7 @@ impl Drop for PeerProc {
     fn drop(&mut self) {
         // SIGTERM makes `peer` leave the room (a placement candidate must not linger in it); SIGKILL if it
         // has not exited after 2 s.
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own child's pid; no memory is involved.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        e2e::terminate(&mut self.child, Duration::from_secs(2));
     }
 }
 

@@ -952,6 +952,9 @@ impl RedisBroker {
             if self.is_degraded() {
                 next = next.min(Instant::now() + DEGRADED_RETRY);
             }
+            if let Some(t) = reconcile_at.first() {
+                next = next.min(*t);
+            }
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
                 _ = self.degraded_wake.notified() => {}
@@ -973,7 +976,6 @@ impl RedisBroker {
                         *self.recovered_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                         let now = Instant::now();
                         reconcile_at = vec![now + RECONCILE_SETTLE.min(self.ttl), now + self.ttl];
-                        next = reconcile_at[0].min(next);
                         tracing::info!(node = %self.node, "Redis reachable again: re-synced");
                     }
                     Err(e) => tracing::warn!(error = %e, "re-sync failed; retrying"),
@@ -985,9 +987,6 @@ impl RedisBroker {
                 if let Err(e) = self.reconcile().await {
                     tracing::warn!(error = %e, "room reconcile failed");
                 }
-            }
-            if let Some(t) = reconcile_at.first() {
-                next = next.min(*t);
             }
             // Right after a recovery every node is re-registering: give them a TTL before judging any dead.
             let settled =
